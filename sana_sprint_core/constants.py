@@ -1,0 +1,76 @@
+"""Numbers of SANA-Sprint, defined once, each with where it comes from.
+
+Import these instead of writing the literals anywhere else.
+"""
+
+import math
+
+# --- TrigFlow / sCM -----------------------------------------------------------------------------
+# sigma_d of sCM (Lu & Song 2024) and of every SANA-Sprint config (`sigma_data: 0.5`).
+SIGMA_DATA = 0.5
+# Default first timestep of the sampler: pi/2 rounded up to 5 digits, as in the NVlabs configs,
+# the NVlabs demo and diffusers' SCMScheduler (`max_timesteps=1.57080`). cos(T_MAX) is -3.7e-6.
+T_MAX = 1.57080
+# Exact end of the TrigFlow time range, s in [0, pi/2].
+T_HALF_PI = math.pi / 2
+# Intermediate timestep of the searched 2-step schedule (paper Sec. 4; `intermediate_timesteps=1.3`).
+T_INTERMEDIATE_2STEP = 1.3
+# sCM training time distribution: sigma = exp(P_mean + P_std * n), t = atan(sigma / sigma_d)
+# (NVlabs `logit_normal_trigflow`; generator/sCM and discriminator settings of the Sprint yaml).
+SCM_P_MEAN, SCM_P_STD = 0.2, 1.6
+DISC_P_MEAN, DISC_P_STD = -0.6, 1.0
+# Tangent normalisation constant c of sCM (hard-coded 0.1 in the NVlabs trainer).
+TANGENT_NORM_EPS = 0.1
+# Teacher CFG scales sampled per example during sCM (`scm_cfg_scale: [4, 4.5, 5]`).
+SCM_CFG_SCALES = (4.0, 4.5, 5.0)
+
+# --- DiT ------------------------------------------------------------------------------------------
+# The CFG embedder sees guidance * 0.1 (`cfg_embed_scale: 0.1`; diffusers `guidance_embeds_scale`).
+GUIDANCE_EMBED_SCALE = 0.1
+# Default distilled guidance of the Sprint pipelines (NVlabs app and diffusers `guidance_scale=4.5`).
+DEFAULT_GUIDANCE = 4.5
+# Sinusoidal frequency embedding width of time and guidance (`frequency_embedding_size=256`).
+TIME_FREQ_DIM = 256
+# Flow-matching teachers trained with integer time feed 1000 * tau (`timestep_norm_scale_factor`).
+FLOW_TIME_SCALE = 1000.0
+# Additive attention bias for masked text tokens, (1 - m) * -10000 in both codebases.
+MASK_BIAS = -10000.0
+
+# --- Latent space ---------------------------------------------------------------------------------
+# DC-AE f32c32 SANA 1.0/1.1 `scaling_factor`.
+DCAE_SCALE = 0.41407
+# DC-AE spatial compression and latent channels (f32c32).
+LATENT_DOWNSCALE = 32
+LATENT_CHANNELS = 32
+
+# --- Text -----------------------------------------------------------------------------------------
+# Caption token budget (`model_max_length: 300`).
+MAX_TEXT_TOKENS = 300
+# Gemma-2-2b hidden width = caption_channels of the DiT.
+GEMMA_HIDDEN = 2304
+
+# Complex human instruction (CHI) prepended to every prompt, as in NVlabs' Sprint configs
+# (double quotes). diffusers spells "Enhanced prompt" with single quotes; see text_encoder.py.
+CHI_LINES = (
+    'Given a user prompt, generate an "Enhanced prompt" that provides detailed visual descriptions '
+    "suitable for image generation. Evaluate the level of detail in the user prompt:",
+    "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, "
+    "and spatial relationships to create vivid and concrete scenes.",
+    "- If the prompt is already detailed, refine and enhance the existing details slightly without "
+    "overcomplicating.",
+    "Here are examples of how to transform or refine prompts:",
+    "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round shape, "
+    "sleeping peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers.",
+    "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring "
+    "glowing street lamps, a diverse crowd of people in colorful clothing, and a double-decker bus "
+    "passing by towering glass skyscrapers.",
+    "Please generate only the enhanced description for the prompt below and avoid including any "
+    "additional commentary or evaluations:",
+    "User Prompt: ",
+)
+
+# --- Public weights (where users download them) ---------------------------------------------------
+HF_SPRINT_1600M = "Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers"
+HF_SPRINT_600M = "Efficient-Large-Model/Sana_Sprint_0.6B_1024px_diffusers"
+HF_GEMMA = "Efficient-Large-Model/gemma-2-2b-it"
+HF_DCAE = "mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers"
