@@ -1,0 +1,124 @@
+"""The Sana / Sana-Sprint DiT: flow-velocity transformer (reference: sana_sprint_model.md 1.2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .dit_config import DiTConfig
+from .dit_layers import (
+    GLUMBConv,
+    CaptionProjection,
+    CrossAttention,
+    LinearSelfAttention,
+    RMSNorm,
+    TimeGuidanceEmbed,
+    mask_to_bias,
+)
+from .ops import factory_kwargs, resolve
+
+
+def layer_norm(x: Tensor, eps: float) -> Tensor:
+    """LayerNorm over the last dim without affine parameters."""
+    return F.layer_norm(x, (x.shape[-1],), eps=eps)
+
+
+class SanaBlock(nn.Module):
+    """adaLN-single block: modulated linear self-attn, plain cross-attn, modulated GLUMBConv."""
+
+    def __init__(self, cfg: DiTConfig, *, operations=None, dtype=None, device=None):
+        super().__init__()
+        mk = dict(operations=operations, dtype=dtype, device=device)
+        dim, self.eps = cfg.hidden_size, cfg.norm_eps
+        self.scale_shift_table = nn.Parameter(torch.randn(6, dim, **factory_kwargs(dtype, device)) / dim**0.5)
+        self.attn1 = LinearSelfAttention(dim, cfg.num_heads, cfg.qk_norm, cfg.linear_attn_eps, **mk)
+        self.attn2 = CrossAttention(dim, cfg.cross_heads, cfg.qk_norm, **mk)
+        self.ff = GLUMBConv(dim, cfg.mlp_hidden, **mk)
+
+    def forward(self, x: Tensor, y: Tensor, bias: Tensor | None, t0: Tensor, hw: tuple[int, int]) -> Tensor:
+        """x (B, N, D) image tokens, y (B, L, D) caption, t0 (B, 6D) adaLN-single conditioning."""
+        mod = self.scale_shift_table[None] + t0.unflatten(1, (6, -1))  # (B, 6, D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
+        h = (layer_norm(x, self.eps) * (1 + scale_msa) + shift_msa).to(x.dtype)
+        x = x + gate_msa * self.attn1(h)
+        x = x + self.attn2(x, y, bias)
+        h = layer_norm(x, self.eps) * (1 + scale_mlp) + shift_mlp
+        h = h.unflatten(1, hw).permute(0, 3, 1, 2)  # (B, D, H, W)
+        ff = self.ff(h).flatten(2).transpose(1, 2)  # (B, N, D)
+        return x + gate_mlp * ff
+
+
+class SanaSprintDiT(nn.Module):
+    """Predicts the flow-matching velocity v = eps - x0 at flow time tau (B,) in [0, 1]."""
+
+    def __init__(self, config: DiTConfig, *, operations=None, dtype=None, device=None):
+        super().__init__()
+        self.config = config
+        ops, kw = resolve(operations), factory_kwargs(dtype, device)
+        mk = dict(operations=operations, dtype=dtype, device=device)
+        dim, p = config.hidden_size, config.patch_size
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = ops.Conv2d(config.in_channels, dim, p, stride=p, **kw)
+        self.time_embed = TimeGuidanceEmbed(dim, config.guidance_embeds, **mk)
+        self.caption_projection = CaptionProjection(config.caption_channels, dim, **mk)
+        self.caption_norm = RMSNorm(dim, 1e-5, **kw)
+        self.transformer_blocks = nn.ModuleList(SanaBlock(config, **mk) for _ in range(config.num_layers))
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim, **kw) / dim**0.5)
+        self.proj_out = ops.Linear(dim, p * p * config.out_channels, **kw)
+        self.gradient_checkpointing = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj_out.weight.dtype
+
+    def embed_conditions(self, timestep: Tensor, guidance: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(t0, c) from flow time tau and the raw guidance scale (scaled here by the config)."""
+        cfg = self.config
+        t_in = timestep * cfg.time_input_scale
+        g_in = None if guidance is None else guidance * cfg.guidance_embed_scale
+        return self.time_embed(t_in, g_in, dtype)
+
+    def forward(
+        self,
+        x: Tensor,
+        timestep: Tensor,
+        context: Tensor,
+        context_mask: Tensor | None = None,
+        guidance: Tensor | None = None,
+        block_residuals: dict[int, Tensor] | None = None,
+    ) -> Tensor:
+        """x (B, C, H, W), timestep tau (B,), context (B, L, caption_channels), mask (B, L) -> (B, C, H, W).
+
+        `block_residuals` maps a block index i to tokens (B, N, D) added to the input of block i
+        (the ControlNet injection point).
+        """
+        b, _, height, width = x.shape
+        p = self.config.patch_size
+        hw = (height // p, width // p)
+        h = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, N, D), n = row * W + col
+        t0, c = self.embed_conditions(timestep, guidance, h.dtype)
+        y = self.caption_norm(self.caption_projection(context))
+        bias = mask_to_bias(context_mask, h.dtype)
+        for i, block in enumerate(self.transformer_blocks):
+            if block_residuals is not None and i in block_residuals:
+                h = h + block_residuals[i]
+            h = self._run_block(block, h, y, bias, t0, hw)
+        return self.unpatchify(self.final_layer(h, c), hw)
+
+    def _run_block(self, block, h, y, bias, t0, hw):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, h, y, bias, t0, hw, use_reentrant=False)
+        return block(h, y, bias, t0, hw)
+
+    def final_layer(self, h: Tensor, c: Tensor) -> Tensor:
+        """T2I final layer: modulated by c (time + CFG embedding, before t_block), then Linear."""
+        shift, scale = (self.scale_shift_table[None] + c[:, None]).chunk(2, dim=1)  # (B, 1, D) each
+        return self.proj_out(layer_norm(h, 1e-6) * (1 + scale) + shift)
+
+    def unpatchify(self, h: Tensor, hw: tuple[int, int]) -> Tensor:
+        """(B, N, p*p*C) -> (B, C, H*p, W*p)."""
+        p, c = self.config.patch_size, self.config.out_channels
+        h = h.reshape(h.shape[0], hw[0], hw[1], p, p, c).permute(0, 5, 1, 3, 2, 4)  # (B, C, h, p, w, p)
+        return h.reshape(h.shape[0], c, hw[0] * p, hw[1] * p)
