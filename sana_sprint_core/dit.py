@@ -45,8 +45,8 @@ class SanaBlock(nn.Module):
         x = x + gate_msa * self.attn1(h)
         x = x + self.attn2(x, y, bias)
         h = layer_norm(x, self.eps) * (1 + scale_mlp) + shift_mlp
-        h = h.unflatten(1, hw).permute(0, 3, 1, 2)  # (B, D, H, W)
-        ff = self.ff(h).flatten(2).transpose(1, 2)  # (B, N, D)
+        h = h.unflatten(1, hw).permute(0, 3, 1, 2)  # (B, D, H, W) as a channels-last view, no copy
+        ff = self.ff(h).permute(0, 2, 3, 1).flatten(1, 2)  # (B, N, D); free when the convs kept channels-last
         return x + gate_mlp * ff
 
 

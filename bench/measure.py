@@ -1,0 +1,63 @@
+"""Measurement helpers shared by the benchmarks: alternating timings and peak resident memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_rss_delta_mib(fn: Callable[[], object]) -> float:
+    """Peak resident memory added while fn runs (Linux: VmHWM reset through clear_refs)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark to the current RSS
+    base = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - base) / 1024
+
+
+def peak_in_subprocess(argv: list[str]) -> float:
+    """Run `python argv...` in a fresh process that prints its peak as the last line (MiB).
+
+    A fresh process per side keeps one side's allocator cache from hiding the other's peak.
+    """
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def alternate(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Run each fn in turn, `repeats` rounds after `warmup` rounds; wall seconds per run."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[name].append(dt)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def machine() -> str:
+    """A one-line description of where the numbers were taken."""
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} intra-op threads)")
