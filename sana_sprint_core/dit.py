@@ -9,6 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .dit_config import DiTConfig
 from .dit_layers import (
+    ATTENTION_IMPLS,
     GLUMBConv,
     CaptionProjection,
     CrossAttention,
@@ -122,3 +123,12 @@ class SanaSprintDiT(nn.Module):
         p, c = self.config.patch_size, self.config.out_channels
         h = h.reshape(h.shape[0], hw[0], hw[1], p, p, c).permute(0, 5, 1, 3, 2, 4)  # (B, C, h, p, w, p)
         return h.reshape(h.shape[0], c, hw[0] * p, hw[1] * p)
+
+
+def set_cross_attention(model: nn.Module, impl: str) -> None:
+    """Choose the cross-attention kernel of every block: "sdpa" (fused) or "math" (fp32, JVP-safe)."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"cross-attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    for module in model.modules():
+        if isinstance(module, CrossAttention):
+            module.impl = impl

@@ -17,11 +17,17 @@ from .constants import MASK_BIAS, TIME_FREQ_DIM
 from .ops import factory_kwargs, resolve
 
 
+def at_least_fp32(t: Tensor) -> Tensor:
+    """Upcast half types to fp32 and keep fp64 (so float64 checks stay exact)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def sinusoid_embedding(t: Tensor, dim: int = TIME_FREQ_DIM, max_period: float = 10000.0) -> Tensor:
-    """[cos(t w_i), sin(t w_i)] with w_i = max_period^(-i / (dim/2)), i < dim/2 (cos first), in fp32."""
+    """[cos(t w_i), sin(t w_i)] with w_i = max_period^(-i / (dim/2)), i < dim/2 (cos first), >= fp32."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]  # (B, half)
+    t = at_least_fp32(t)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
+    args = t[:, None] * freqs[None]  # (B, half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
@@ -34,7 +40,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, **factory_kwargs(dtype, device)))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
+        x32 = at_least_fp32(x)
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed.to(self.weight.dtype) * self.weight).to(x.dtype)
 
@@ -92,7 +98,7 @@ def relu_linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float) -> Tensor
     q, k, v: (B, h, N, d). A ones column appended to v makes one matmul give both the numerator
     and the normaliser (SANA Sec. 2.2, "ReLU linear attention").
     """
-    q, k, v = F.relu(q).float(), F.relu(k).float(), v.float()
+    q, k, v = at_least_fp32(F.relu(q)), at_least_fp32(F.relu(k)), at_least_fp32(v)
     v_pad = F.pad(v, (0, 1), value=1.0)  # (B, h, N, d+1)
     kv = k.transpose(-1, -2) @ v_pad  # (B, h, d, d+1)
     out = q @ kv  # (B, h, N, d+1)
@@ -131,8 +137,26 @@ def mask_to_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return ((1.0 - mask.to(dtype)) * MASK_BIAS)[:, None, None, :]
 
 
+def softmax_attention_fp32(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v written out in fp32 (NVlabs' "vanilla" path for sCM).
+
+    Unlike fused SDPA kernels it supports forward-mode AD (torch.func.jvp), which the sCM loss needs.
+    """
+    q32, k32, v32 = at_least_fp32(q), at_least_fp32(k), at_least_fp32(v)
+    scores = (q32 @ k32.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, h, N, L)
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
+    return (scores.softmax(dim=-1) @ v32).to(q.dtype)
+
+
+# Cross-attention kernels: fused SDPA for inference, explicit fp32 softmax for JVP training.
+ATTENTION_IMPLS = ("sdpa", "math")
+
+
 class CrossAttention(nn.Module):
     """Softmax attention from image tokens to caption tokens, with optional q/k RMSNorm."""
+
+    impl = "sdpa"  # see ATTENTION_IMPLS; set per instance with dit.set_cross_attention()
 
     def __init__(self, dim: int, heads: int, qk_norm: bool, *, operations=None, dtype=None, device=None):
         super().__init__()
@@ -150,7 +174,10 @@ class CrossAttention(nn.Module):
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, h, L, d)
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=bias)
+        if self.impl == "math":
+            out = softmax_attention_fp32(split(q), split(k), split(v), bias)
+        else:
+            out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=bias)
         return self.to_out[0](out.transpose(1, 2).flatten(2))
 
 

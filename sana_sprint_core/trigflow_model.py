@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from . import trigflow
 from .dit import SanaSprintDiT
+from .dit_layers import at_least_fp32
 
 
 class TrigFlowModel(nn.Module):
@@ -29,9 +30,9 @@ class TrigFlowModel(nn.Module):
         guidance: Tensor | None = None,
         **dit_kwargs,
     ) -> Tensor:
-        tau = trigflow.flow_time(s.float())  # (B,), kept fp32: the sinusoid is taken in fp32
+        tau = trigflow.flow_time(at_least_fp32(s))  # (B,), kept fp32: the sinusoid is taken in fp32
         tau_b = trigflow.bcast(tau, x_in)
-        x_flow = x_in.float() * trigflow.flow_input_scale(tau_b)
+        x_flow = at_least_fp32(x_in) * trigflow.flow_input_scale(tau_b)
         dtype = self.dit.dtype
         v = self.dit(x_flow.to(dtype), tau, context.to(dtype), mask, guidance, **dit_kwargs)
-        return trigflow.trigflow_output(x_flow, v.float(), tau_b)
+        return trigflow.trigflow_output(x_flow, v.to(x_flow.dtype), tau_b)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sana_sprint_core.dit import SanaSprintDiT
+from sana_sprint_core.dit import SanaSprintDiT, set_cross_attention
 from sana_sprint_core.dit_config import PRESETS, DiTConfig
 from sana_sprint_core.trigflow_model import TrigFlowModel
 
@@ -129,3 +129,25 @@ def test_trigflow_model_matches_manual_transform():
         want = ((1 - 2 * tau) * x_fm + (1 - 2 * tau + 2 * tau**2) * v) / torch.sqrt(tau**2 + (1 - tau) ** 2)
     # same math in another order: fp32 rounding only (values reach ~20, so relative 1e-6)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+
+
+def test_math_cross_attention_matches_sdpa_and_supports_jvp():
+    ours = ours_from(diffusers_model(TINY), TINY)
+    x, ctx, mask, tau = inputs()
+    g = torch.tensor([4.5, 4.5])
+    with torch.no_grad():
+        fused = ours(x, tau, ctx, mask, g)
+        set_cross_attention(ours, "math")
+        explicit = ours(x, tau, ctx, mask, g)
+    torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-5)
+    wrapper = TrigFlowModel(ours).double()  # float64 so the finite difference is accurate
+    x, ctx, g, s = x.double(), ctx.double(), g.double(), torch.tensor([0.5, 1.2], dtype=torch.float64)
+    dx, ds = torch.randn_like(x), torch.tensor([0.3, -0.7], dtype=torch.float64)  # tangent in x and in s
+    _, tangent = torch.func.jvp(lambda xx, ss: wrapper(xx, ss, ctx, mask, g), (x, s), (dx, ds))
+    eps = 1e-6  # central difference along the same direction: O(eps^2) error
+    with torch.no_grad():
+        fd = (wrapper(x + eps * dx, s + eps * ds, ctx, mask, g) - wrapper(x - eps * dx, s - eps * ds, ctx, mask, g))
+        fd = fd / (2 * eps)
+    torch.testing.assert_close(tangent, fd, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="must be one of"):
+        set_cross_attention(ours, "flash")
