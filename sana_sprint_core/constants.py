@@ -74,3 +74,8 @@ HF_SPRINT_1600M = "Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers"
 HF_SPRINT_600M = "Efficient-Large-Model/Sana_Sprint_0.6B_1024px_diffusers"
 HF_GEMMA = "Efficient-Large-Model/gemma-2-2b-it"
 HF_DCAE = "mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers"
+
+# --- Files ----------------------------------------------------------------------------------------
+# Largest safetensors JSON header the reference implementation accepts (safetensors crate,
+# `MAX_HEADER_SIZE = 100_000_000`); a larger length field means the file is something else.
+SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
