@@ -79,3 +79,21 @@ HF_DCAE = "mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers"
 # Largest safetensors JSON header the reference implementation accepts (safetensors crate,
 # `MAX_HEADER_SIZE = 100_000_000`); a larger length field means the file is something else.
 SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
+
+# --- GEMMA2_2B: gemma-2-2b(-it) settings that tensor shapes do not reveal -----------------------------
+# (Appended by the text-encoder helper; used by text_encoder.py when a weights file comes without a
+# config.json. Source: config.json of google/gemma-2-2b-it, which equals transformers' Gemma2Config
+# defaults in 5.23; sizes, layer and head counts are read from the tensors instead.)
+GEMMA2_2B_HEAD_DIM = 256
+GEMMA2_2B_QUERY_PRE_ATTN_SCALAR = 256
+GEMMA2_2B_RMS_NORM_EPS = 1e-6
+GEMMA2_2B_ATTN_SOFTCAP = 50.0
+GEMMA2_2B_FINAL_SOFTCAP = 30.0
+GEMMA2_2B_SLIDING_WINDOW = 4096
+GEMMA2_2B_ROPE_THETA = 10000.0
+GEMMA2_2B_MAX_POSITIONS = 8192
+GEMMA2_2B_ACTIVATION = "gelu_pytorch_tanh"
+# Gemma tokenizer special ids: <pad> 0, <eos> 1, <bos> 2.
+GEMMA_PAD_ID, GEMMA_EOS_ID, GEMMA_BOS_ID = 0, 1, 2
+# Key under which ComfyUI's packaged gemma_2_2b safetensors carry the SentencePiece model (uint8 bytes).
+COMFY_SPIECE_KEY = "spiece_model"
