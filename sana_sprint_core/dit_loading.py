@@ -31,7 +31,7 @@ from typing import Mapping
 import torch
 
 from .checkpoint_io import (
-    TensorSpec, read_state_dict, read_tensor_specs, resolve_checkpoint, short_list,
+    TensorSpec, read_state_dict, read_tensor_specs, resolve_checkpoint, save_safetensors_atomic, short_list,
 )
 from .constants import FLOW_TIME_SCALE
 from .dit import SanaSprintDiT
@@ -39,6 +39,8 @@ from .dit_config import LINEAR_HEAD_DIM, PRESETS, DiTConfig
 from .dit_keys import detect_layout, split_spec, split_tensor, to_canonical
 
 DIFFUSERS_CLASS = "SanaTransformer2DModel"
+# safetensors metadata key under which files we write carry the DiTConfig as JSON.
+CONFIG_METADATA_KEY = "sana_sprint_config"
 _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
     "fp16": torch.float16, "float16": torch.float16,
@@ -72,6 +74,7 @@ def load_dit(
     specs = read_tensor_specs(path) if state is None else _specs_of(state)
     layout = detect_layout(specs, src)
     shapes = {k: s.shape for k, s in to_canonical(specs, layout, split_spec, src).items()}
+    config = config if config is not None else config_from_metadata(info.metadata, src)
     cfg = resolve_config(shapes, config, overrides, read_diffusers_config(path), src)
     target = resolve_dtype(dtype, specs.values())
     model = _build_meta(cfg, target, operations)
@@ -82,6 +85,23 @@ def load_dit(
     for key in list(state):  # cast one tensor at a time: peak memory ~ one copy of the weights
         state[key] = state[key].to(target)
     return _assign(model, state, device, src)
+
+
+def config_from_metadata(metadata: Mapping[str, str], source) -> DiTConfig | None:
+    """The DiTConfig that our own files carry as JSON under the CONFIG_METADATA_KEY metadata key."""
+    raw = metadata.get(CONFIG_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        return DiTConfig.from_dict(json.loads(raw))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise ValueError(f"{source}: metadata {CONFIG_METADATA_KEY!r} is not a valid DiT config: {e}") from e
+
+
+def save_dit(model: SanaSprintDiT, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
+    """Write the DiT as one safetensors file (our key names) with its config in the metadata, atomically."""
+    meta = {**(metadata or {}), CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())}
+    save_safetensors_atomic(model.state_dict(), path, metadata=meta)
 
 
 def dit_from_state_dict(

@@ -320,3 +320,34 @@ def test_combined_checkpoint_is_refused(tmp_path, sd):
     both["first_stage_model.decoder.conv_out.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match=r"all\.safetensors: a DiT sits under prefix.*combined checkpoints"):
         load_dit(save_st(both, tmp_path / "all.safetensors"))
+
+
+def test_saved_dit_round_trips_with_its_config_in_metadata(tmp_path):
+    from sana_sprint_core.dit_config import DiTConfig
+    from sana_sprint_core.dit_loading import CONFIG_METADATA_KEY, save_dit
+
+    # a width that is no released one, so only the metadata can tell the head counts
+    cfg = DiTConfig(hidden_size=48, num_layers=1, num_heads=3, cross_heads=6, caption_channels=24)
+    torch.manual_seed(0)
+    model = SanaSprintDiT(cfg)
+    path = tmp_path / "student.safetensors"
+    save_dit(model, path, metadata={"steps": "7"})
+    loaded = load_dit(path)
+    assert loaded.config == cfg
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["steps"] == "7" and CONFIG_METADATA_KEY in f.metadata()
+
+
+def test_bad_config_metadata_is_named(tmp_path):
+    from sana_sprint_core.checkpoint_io import save_safetensors_atomic
+    from sana_sprint_core.dit_config import DiTConfig
+
+    cfg = DiTConfig(hidden_size=48, num_layers=1, num_heads=3, cross_heads=6, caption_channels=24)
+    path = tmp_path / "bad.safetensors"
+    save_safetensors_atomic(SanaSprintDiT(cfg).state_dict(), path, metadata={"sana_sprint_config": '{"hiden": 3}'})
+    with pytest.raises(ValueError, match=r"bad.safetensors: metadata 'sana_sprint_config' is not a valid DiT config.*hiden"):
+        load_dit(path)
