@@ -1,0 +1,85 @@
+"""Command line: `python -m sana_sprint_core generate --models-dir models --prompt "..." --out out.png`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .constants import DEFAULT_GUIDANCE, T_INTERMEDIATE_2STEP, T_MAX
+
+_DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m sana_sprint_core", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="text to image, written as PNG")
+    g.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+    g.add_argument("--out", default="sprint.png", help="PNG path; a batch adds _0, _1, ...")
+    g.add_argument("--models-dir", default="models",
+                   help="ComfyUI-style models/ folder with diffusion_models/, text_encoders/, vae/")
+    g.add_argument("--dit", help="DiT file or folder (overrides --models-dir)")
+    g.add_argument("--text-encoder", help="Gemma-2 folder or file (overrides --models-dir)")
+    g.add_argument("--vae", help="DC-AE folder or file (overrides --models-dir)")
+    g.add_argument("--width", type=int, default=1024)
+    g.add_argument("--height", type=int, default=1024)
+    g.add_argument("--steps", type=int, default=2)
+    g.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--timesteps", help="explicit TrigFlow times, e.g. 1.5708,1.3,0")
+    g.add_argument("--max-timestep", type=float, default=T_MAX)
+    g.add_argument("--intermediate-timestep", type=float, default=T_INTERMEDIATE_2STEP)
+    g.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    g.add_argument("--dtype", choices=sorted(_DTYPES), default="auto", help="weights dtype (auto: as stored)")
+    return ap
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _load(args):
+    import torch
+
+    from .model_files import find_model, missing_models_message
+    from .pipeline import SprintPipeline
+
+    dtype = getattr(torch, _DTYPES[args.dtype]) if _DTYPES[args.dtype] else None
+    paths = {"dit": args.dit, "text_encoder": args.text_encoder, "vae": args.vae}
+    for kind, path in paths.items():
+        paths[kind] = path or find_model(args.models_dir, kind)
+    missing = [kind for kind, path in paths.items() if path is None]
+    if missing:
+        raise FileNotFoundError(missing_models_message(args.models_dir, missing))
+    return SprintPipeline.from_files(paths["dit"], paths["text_encoder"], paths["vae"], dtype=dtype, device=args.device)
+
+
+def generate(args) -> list:
+    from .pipeline import save_png
+
+    pipe = _load(args)
+    times = [float(t) for t in args.timesteps.split(",")] if args.timesteps else None
+    t0 = time.perf_counter()
+    images = pipe(args.prompt, width=args.width, height=args.height, steps=args.steps, guidance=args.guidance,
+                  seed=args.seed, timesteps=times, max_timestep=args.max_timestep,
+                  intermediate_timestep=args.intermediate_timestep)
+    paths = save_png(images, args.out)
+    print(f"wrote {', '.join(map(str, paths))} in {time.perf_counter() - t0:.2f} s")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        generate(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

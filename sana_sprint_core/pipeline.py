@@ -1,0 +1,106 @@
+"""Text to image end to end: Gemma-2 prompt encoding, the Sprint sampler, DC-AE decoding."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .constants import DEFAULT_GUIDANCE, LATENT_DOWNSCALE, MAX_TEXT_TOKENS, T_INTERMEDIATE_2STEP, T_MAX
+from .dcae import DCAE, decode, load_vae
+from .dit import SanaSprintDiT
+from .dit_loading import load_dit
+from .model_files import find_model, missing_models_message
+from .sampler import sample
+from .text_cache import PromptCache
+from .text_encoder import TextEncoder, encode_prompt, load_text_encoder
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """How prompts become embeddings (text_encoder.encode_prompt); defaults follow NVlabs."""
+
+    chi: bool = True
+    max_tokens: int = MAX_TEXT_TOKENS
+    quote_style: str = "nvlabs"
+    lowercase: bool = False
+
+
+class SprintPipeline:
+    """The three models of SANA-Sprint, checked to fit each other, with a prompt cache."""
+
+    def __init__(self, dit: SanaSprintDiT, text_encoder: TextEncoder, vae: DCAE, cache_size: int = 64):
+        _check_compatible(dit, text_encoder, vae)
+        self.dit, self.text_encoder, self.vae = dit.eval(), text_encoder, vae.eval()
+        self.cache = PromptCache(cache_size)
+
+    @classmethod
+    def from_files(cls, dit: str | os.PathLike, text_encoder: str | os.PathLike, vae: str | os.PathLike, *,
+                   dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> "SprintPipeline":
+        """Load each model from its file or folder (see the loaders for the accepted layouts)."""
+        te_dtype = dtype if dtype is not None else (torch.bfloat16 if torch.device(device).type == "cuda" else None)
+        return cls(load_dit(dit, dtype=dtype, device=device), load_text_encoder(text_encoder, te_dtype, device),
+                   load_vae(vae, dtype=dtype, device=device))
+
+    @classmethod
+    def from_models_dir(cls, models_dir: str | os.PathLike, **kwargs) -> "SprintPipeline":
+        """Find the models under a ComfyUI-style models/ folder; name every missing one and its source."""
+        found = {kind: find_model(models_dir, kind) for kind in ("dit", "text_encoder", "vae")}
+        missing = [kind for kind, path in found.items() if path is None]
+        if missing:
+            raise FileNotFoundError(missing_models_message(models_dir, missing))
+        return cls.from_files(found["dit"], found["text_encoder"], found["vae"], **kwargs)
+
+    def encode(self, prompts: str | Sequence[str], options: PromptOptions = PromptOptions()) -> tuple[Tensor, Tensor]:
+        """(embeds, mask) for the prompts, served from the cache when seen before."""
+        return encode_prompt(self.text_encoder, prompts, chi=options.chi, max_tokens=options.max_tokens,
+                             quote_style=options.quote_style, lowercase=options.lowercase, cache=self.cache)
+
+    @torch.no_grad()
+    def generate_latents(self, prompts: str | Sequence[str], *, width: int = 1024, height: int = 1024,
+                         steps: int = 2, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
+                         timesteps: Sequence[float] | None = None, max_timestep: float = T_MAX,
+                         intermediate_timestep: float | None = T_INTERMEDIATE_2STEP,
+                         prompt_options: PromptOptions = PromptOptions()) -> Tensor:
+        """Diffusion latents (B, 32, H/32, W/32) for the prompts."""
+        embeds, mask = self.encode(prompts, prompt_options)
+        device = next(self.dit.parameters()).device
+        return sample(self.dit, embeds.to(device), mask.to(device), width=width, height=height, steps=steps,
+                      guidance=guidance, seed=seed, timesteps=timesteps, max_timestep=max_timestep,
+                      intermediate_timestep=intermediate_timestep)
+
+    def __call__(self, prompts: str | Sequence[str], *, tiled_decode: bool | str = "auto", **kwargs) -> Tensor:
+        """Images (B, 3, H, W) float32 in [0, 1] for the prompts (kwargs: generate_latents)."""
+        latents = self.generate_latents(prompts, **kwargs)
+        with torch.no_grad():
+            return decode(self.vae, latents, tiled=tiled_decode)
+
+
+def _check_compatible(dit: SanaSprintDiT, text_encoder: TextEncoder, vae: DCAE) -> None:
+    cfg = dit.config
+    if text_encoder.hidden_size != cfg.caption_channels:
+        raise ValueError(f"text encoder width {text_encoder.hidden_size} does not fit the DiT, which expects "
+                         f"caption_channels={cfg.caption_channels} (Gemma-2-2b: 2304)")
+    if vae.config.latent_channels != cfg.in_channels:
+        raise ValueError(f"VAE latent channels {vae.config.latent_channels} do not fit the DiT's "
+                         f"in_channels={cfg.in_channels} (SANA uses DC-AE f32c32)")
+    if vae.config.downscale != LATENT_DOWNSCALE:
+        raise ValueError(f"VAE downscale {vae.config.downscale} is not {LATENT_DOWNSCALE} (SANA uses DC-AE f32c32)")
+
+
+def save_png(images: Tensor, out: str | os.PathLike) -> list[Path]:
+    """Write (B, 3, H, W) images in [0, 1] as PNG; several images get _0, _1, ... suffixes."""
+    from PIL import Image
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if images.shape[0] == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}")
+                                                 for i in range(images.shape[0])]
+    arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    for path, array in zip(paths, arrays):
+        Image.fromarray(array).save(path)
+    return paths
