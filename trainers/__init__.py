@@ -1,0 +1,1 @@
+"""SANA-Sprint distillation trainer (sCM + LADD): `python -m trainers.distill --config FILE`."""

@@ -1,0 +1,283 @@
+"""Typed configuration of the sCM + LADD distillation trainer (YAML or JSON).
+
+Every section is a dataclass; unknown keys raise naming the full key ("optim.lerning_rate"), wrong
+types raise naming the key, the value and the expected type. Defaults follow the NVlabs SANA-Sprint
+recipe (configs/sana_sprint_config/1024ms/*.yaml, train_scripts/train_scm_ladd.py; reference
+sana_sprint_model.md section 6). `resolved(cfg)` fills the mode-dependent defaults; the resolved
+config is what gets saved beside checkpoints and into the output metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sana_sprint_core.constants import (
+    DISC_P_MEAN, DISC_P_STD, MAX_TEXT_TOKENS, SCM_CFG_SCALES, SCM_P_MEAN, SCM_P_STD, TANGENT_NORM_EPS,
+)
+
+MODES = ("lora", "full")
+OPTIMIZERS = ("adamw", "adafactor")
+PRECISIONS = ("no", "bf16", "fp16")
+WEIGHT_DTYPES = ("fp32", "bf16", "fp16")
+DISTRIBUTED = ("ddp", "fsdp")
+# LoRA targets: every Linear of both attentions (module names of SanaSprintDiT, = diffusers names).
+DEFAULT_LORA_TARGETS = (
+    "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+    "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
+)
+# Learning rates used when `optim.lr` is left empty: NVlabs full fine-tune (CAME 2e-6); LoRA needs a
+# much larger step on its zero-initialised adapters (a common LoRA value, our choice).
+DEFAULT_LR = {"full": 2e-6, "lora": 1e-4}
+
+
+@dataclass
+class ModelConfig:
+    """Teacher, student mode and LoRA shape."""
+
+    teacher: str = ""  # any SANA flow-matching DiT file/folder that sana_sprint_core.dit_loading reads
+    teacher_overrides: dict = field(default_factory=dict)  # DiTConfig fields load_dit cannot infer
+    mode: str = "lora"  # "lora": adapters on the teacher's weights; "full": a trainable copy
+    lora_rank: int = 32
+    lora_alpha: float = 32.0
+    lora_targets: list = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    weights_dtype: str = "bf16"  # frozen weights: LoRA base / full-mode teacher
+    gradient_checkpointing: bool = True
+    logvar_scale: float = 1.0  # `logvar_scale_factor` of the NVlabs yaml
+
+
+@dataclass
+class PrepareConfig:
+    """Optional teacher preparation: add QK RMSNorm + dense time to a plain SANA model, then
+    fine-tune it with flow matching (the paper's ~5k-iteration step)."""
+
+    enabled: bool = False
+    steps: int = 5000
+    lr: float = 1e-5
+    logit_mean: float = 0.0  # SANA's logit-normal flow time (weighting_scheme logit_normal)
+    logit_std: float = 1.0
+    save_every: int = 1000
+
+
+@dataclass
+class DataConfig:
+    """Image folder, caption files and the precomputed latent/text cache."""
+
+    image_dir: str = ""
+    cache_dir: str = ""
+    caption_ext: str = ".txt"
+    resolution: int = 1024
+    buckets: bool = True  # aspect-ratio buckets; False: center-crop squares
+    text_encoder: str = ""  # Gemma-2 folder or file (sana_sprint_core.text_encoder)
+    vae: str = ""  # DC-AE folder or file (sana_sprint_core.dcae)
+    max_tokens: int = MAX_TEXT_TOKENS
+    chi: bool = True  # prepend the complex human instruction, as SANA-Sprint does
+    vae_tiled: bool = False
+
+
+@dataclass
+class DistillConfig:
+    """sCM and LADD hyperparameters (reference 6.2-6.5)."""
+
+    scm: bool = True
+    ladd: bool = True
+    scm_lambda: float = 1.0
+    adv_lambda: float = 0.5
+    cfg_scales: list = field(default_factory=lambda: list(SCM_CFG_SCALES))
+    p_mean: float = SCM_P_MEAN
+    p_std: float = SCM_P_STD
+    disc_p_mean: float = DISC_P_MEAN
+    disc_p_std: float = DISC_P_STD
+    tangent_warmup_steps: int = 4000
+    tangent_norm_eps: float = TANGENT_NORM_EPS
+    largest_timestep_prob: float = 0.5  # LADD/D-phase: t = T_MAX with this probability
+    head_blocks: list = field(default_factory=lambda: [2, 8, 14, 19])
+    misaligned_pairs: bool = True
+    independent_disc_times: bool = True  # NVlabs diff_timesteps_D
+
+
+@dataclass
+class OptimConfig:
+    """Optimizers of the student (G) and discriminator heads (D)."""
+
+    optimizer: str = "adamw"  # "adamw" or "adafactor" (factored second moments, no first moment)
+    lr: float | None = None  # None: DEFAULT_LR[mode]
+    disc_lr: float | None = None  # None: same as lr
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    grad_clip: float = 0.1
+    warmup_steps: int = 0  # linear lr warmup over G steps
+
+
+@dataclass
+class TrainConfig:
+    """Loop, logging, checkpoints and validation."""
+
+    output_dir: str = "output/distill"
+    seed: int = 42
+    max_steps: int = 10000  # iterations; with LADD they alternate G, D, G, D ...
+    batch_size: int = 1
+    mixed_precision: str = "bf16"
+    distributed: str = "ddp"
+    save_every: int = 500
+    log_every: int = 1
+    validate_every: int = 500
+    validation_prompts: list = field(default_factory=list)
+    validation_steps: list = field(default_factory=lambda: [1, 2, 4])
+    validation_guidance: float = 4.5
+    validation_size: list = field(default_factory=lambda: [1024, 1024])
+    export_dtype: str = "bf16"
+    export_merged: bool = True  # LoRA mode: also write the merged full student
+    resume: str = ""  # "", "latest" or a checkpoint folder
+
+
+@dataclass
+class Config:
+    """The whole trainer configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_CHOICES = {
+    "model.mode": MODES, "model.weights_dtype": WEIGHT_DTYPES, "optim.optimizer": OPTIMIZERS,
+    "train.mixed_precision": PRECISIONS, "train.distributed": DISTRIBUTED, "train.export_dtype": WEIGHT_DTYPES,
+}
+
+
+def _build(cls, values, where: str):
+    """Dataclass `cls` from a dict, recursing into nested sections; strict about keys and types."""
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {where or '<root>'} must be a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        names = ", ".join(f"{where}{k}" for k in unknown)
+        raise ValueError(f"unknown config key(s) {names}; known keys in {where or '<root>'}: {sorted(known)}")
+    out = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            out[name] = _build(hint, value, f"{where}{name}.")
+        else:
+            out[name] = _check_type(value, hint, f"{where}{name}")
+    return cls(**out)
+
+
+def _check_type(value, hint, key: str):
+    """Return value (ints become floats where a float is expected) or raise naming the key."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for kind in allowed:
+        if kind is type(None) and value is None:
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind in (int, str, bool, list, dict) and isinstance(value, kind):
+            if kind is int and isinstance(value, bool):
+                continue
+            return value
+    expected = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise ValueError(f"config key {key} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def validate(cfg: Config) -> Config:
+    """Check choices and ranges; raise ValueError naming the key."""
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ValueError(f"config key {key} must be one of {choices}, got {value!r}")
+    positive = {"model.lora_rank": cfg.model.lora_rank, "train.batch_size": cfg.train.batch_size,
+                "train.max_steps": cfg.train.max_steps, "data.resolution": cfg.data.resolution}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"config key {key} must be positive, got {value}")
+    if cfg.data.resolution % 32:
+        raise ValueError(f"config key data.resolution must be a multiple of 32, got {cfg.data.resolution}")
+    if cfg.train.mixed_precision == "no" and cfg.model.weights_dtype != "fp32":
+        raise ValueError(f"config key model.weights_dtype is {cfg.model.weights_dtype!r} but train.mixed_precision is "
+                         "'no': half-precision frozen weights need autocast; use mixed_precision bf16 or "
+                         "weights_dtype fp32")
+    if not (cfg.distill.scm or cfg.distill.ladd):
+        raise ValueError("config keys distill.scm and distill.ladd are both false: enable at least one loss")
+    if not cfg.distill.cfg_scales:
+        raise ValueError("config key distill.cfg_scales is empty; the NVlabs recipe uses [4.0, 4.5, 5.0]")
+    if not 0.0 <= cfg.distill.largest_timestep_prob <= 1.0:
+        raise ValueError(f"config key distill.largest_timestep_prob must be in [0, 1], "
+                         f"got {cfg.distill.largest_timestep_prob}")
+    _check_numbers("distill.cfg_scales", cfg.distill.cfg_scales, float)
+    _check_numbers("distill.head_blocks", cfg.distill.head_blocks, int)
+    _check_numbers("train.validation_steps", cfg.train.validation_steps, int)
+    _check_numbers("optim.betas", cfg.optim.betas, float)
+    if len(cfg.optim.betas) != 2:
+        raise ValueError(f"config key optim.betas must hold 2 numbers, got {cfg.optim.betas}")
+    return cfg
+
+
+def _check_numbers(key: str, values: list, kind: type) -> None:
+    ok = int if kind is int else (int, float)
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, ok)]
+    if bad:
+        raise ValueError(f"config key {key} must hold {kind.__name__} values, got {values}")
+
+
+def resolved(cfg: Config) -> Config:
+    """A copy with the mode-dependent defaults filled in (learning rates)."""
+    lr = cfg.optim.lr if cfg.optim.lr is not None else DEFAULT_LR[cfg.model.mode]
+    disc_lr = cfg.optim.disc_lr if cfg.optim.disc_lr is not None else lr
+    optim = dataclasses.replace(cfg.optim, lr=lr, disc_lr=disc_lr)
+    return dataclasses.replace(cfg, optim=optim)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build, validate and resolve a Config from nested dicts."""
+    return resolved(validate(_build(Config, values, "")))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a .yaml/.yml/.json config file (see `config_from_dict`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        values = json.loads(text)
+    elif path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"config file {path} must end in .yaml, .yml or .json")
+    return config_from_dict(values)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dict of the config (JSON-serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_to_json(cfg: Config) -> str:
+    """The config as a JSON string (for safetensors metadata and checkpoint folders)."""
+    return json.dumps(config_to_dict(cfg), sort_keys=True)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the config as JSON (atomic: temp file + os.replace)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))
+    os.replace(tmp, path)
