@@ -97,3 +97,31 @@ GEMMA2_2B_ACTIVATION = "gelu_pytorch_tanh"
 GEMMA_PAD_ID, GEMMA_EOS_ID, GEMMA_BOS_ID = 0, 1, 2
 # Key under which ComfyUI's packaged gemma_2_2b safetensors carry the SentencePiece model (uint8 bytes).
 COMFY_SPIECE_KEY = "spiece_model"
+
+# --- ComfyUI nodes (nodes/) -----------------------------------------------------------------------
+# Prompts the text-encode node keeps encoded (LRU); one entry is 300 x 2304 values (~1.4 MB bf16).
+PROMPT_CACHE_ENTRIES = 32
+# Size presets near 1024^2 pixels: width = height * ratio, both rounded to multiples of 32 (the
+# DC-AE downscale); portrait presets are the landscape ones transposed. Computed, not copied.
+ASPECT_RATIO_PRESETS_1024 = (
+    ("1:1", 1024, 1024), ("4:3", 1184, 896), ("3:4", 896, 1184), ("3:2", 1248, 832), ("2:3", 832, 1248),
+    ("16:9", 1376, 768), ("9:16", 768, 1376), ("2:1", 1472, 736), ("1:2", 736, 1472),
+    ("21:9", 1568, 672), ("9:21", 672, 1568),
+)
+# Longest side of the per-step preview image sent to the UI (ComfyUI's --preview-size default).
+PREVIEW_MAX_SIZE = 512
+# Latent -> RGB factors for live previews, (32 rows of 3) and a bias of 3, in model space (DC-AE
+# latent * DCAE_SCALE). None: they must be fitted on the real DC-AE f32c32 weights with
+# bench/fit_latent_rgb.py, which were not available offline; previews then use a false-colour
+# projection (sana_sprint_core/preview.py).
+DCAE_LATENT_RGB_FACTORS = None
+DCAE_LATENT_RGB_BIAS = None
+# Rough activation memory of a DC-AE decode / encode per output pixel, in bytes per byte of dtype
+# (the widest full-resolution stage is 128 channels; a few such tensors are alive at once). Asked of
+# ComfyUI's model management before decoding so it frees room; an estimate, not a measurement.
+DCAE_BYTES_PER_PIXEL_PER_DTYPE_BYTE = 128 * 6
+# Where the shipped workflows expect the public weights, relative to ComfyUI's model folders
+# (diffusion_models, text_encoders, vae): the layouts the repositories above download into.
+COMFY_DIT_NAME = "Sana_Sprint_1.6B_1024px_diffusers/transformer"
+COMFY_TEXT_ENCODER_NAME = "gemma-2-2b-it"
+COMFY_VAE_NAME = "dc-ae-f32c32-sana-1.1-diffusers"
