@@ -1,0 +1,155 @@
+"""The SANA-Sprint DiT as a native ComfyUI MODEL, and ModelPatchers for Gemma-2 and DC-AE.
+
+The DiT becomes the `diffusion_model` of a `BaseModel` subclass of type FLOW whose model sampling
+has shift 1 and multiplier 1, so ComfyUI's sigma is flow time tau in [0, 1] and the DiT receives it
+unchanged (comfy_api_notes.md section 6). State-dict keys are `diffusion_model.<DiT path>`, so core
+LoRA keys (`diffusion_model.transformer_blocks.0.attn1.to_q`, `lora_unet_...`) map.
+
+LATENT units: ComfyUI stores raw DC-AE latents in `{"samples": ...}`; `SanaLatentFormat.process_in`
+multiplies by 0.41407 into diffusion units (what the DiT and `sana_sprint_core` work in) and
+`process_out` divides back. Every node converts with these two methods and nothing else.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models_base
+
+from ..sana_sprint_core.constants import (
+    DCAE_LATENT_RGB_BIAS,
+    DCAE_LATENT_RGB_FACTORS,
+    DCAE_SCALE,
+    DEFAULT_GUIDANCE,
+    LATENT_CHANNELS,
+)
+from ..sana_sprint_core.dit import SanaSprintDiT
+
+# Conditioning-dict keys: the text mask, and the distilled guidance scale (the key ComfyUI's own
+# FluxGuidance node writes, so that node works on this model too).
+MASK_KEY = "attention_mask"
+GUIDANCE_KEY = "guidance"
+
+
+class SanaLatentFormat(comfy.latent_formats.LatentFormat):
+    """DC-AE f32c32 latents: 32 channels; model space = raw latent * 0.41407."""
+
+    latent_channels = LATENT_CHANNELS
+    latent_dimensions = 2
+
+    def __init__(self):
+        self.scale_factor = DCAE_SCALE
+        # None until fitted against the real DC-AE (bench/fit_latent_rgb.py; see constants.py).
+        self.latent_rgb_factors = DCAE_LATENT_RGB_FACTORS
+        self.latent_rgb_factors_bias = DCAE_LATENT_RGB_BIAS
+
+
+class SanaSprintModelConfig(comfy.supported_models_base.BASE):
+    """Model config: FLOW sampling with sigma == tau (shift 1, multiplier 1), Sana latents."""
+
+    unet_config = {}
+    unet_extra_config = {}
+    sampling_settings = {"shift": 1.0, "multiplier": 1.0}
+    latent_format = SanaLatentFormat
+    supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
+
+
+class SanaSprintBaseModel(comfy.model_base.BaseModel):
+    """BaseModel whose diffusion_model is a SanaSprintDiT (velocity prediction at flow time tau)."""
+
+    def __init__(self, dit: SanaSprintDiT, device=None, manual_cast_dtype=None):
+        config = SanaSprintModelConfig({"disable_unet_model_creation": True})
+        config.set_inference_dtype(dit.dtype, manual_cast_dtype)
+        super().__init__(config, model_type=comfy.model_base.ModelType.FLOW, device=device)
+        self.diffusion_model = dit
+
+    def extra_conds(self, **kwargs):
+        """Text embeddings, mask and guidance as CONDRegular (no repeat-padding of the text)."""
+        out = {}
+        cross_attn = kwargs.get("cross_attn")
+        if cross_attn is not None:
+            out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)
+        mask = kwargs.get(MASK_KEY)
+        if mask is not None:
+            out[MASK_KEY] = comfy.conds.CONDRegular(mask)
+        guidance = kwargs.get(GUIDANCE_KEY, DEFAULT_GUIDANCE)
+        out[GUIDANCE_KEY] = comfy.conds.CONDRegular(torch.tensor([float(guidance)], dtype=torch.float32))
+        return out
+
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        """Denoised x0 = x - tau * v, with v from the DiT at flow state x and time tau.
+
+        The timestep and guidance stay fp32 (only x and the text go to the model dtype); the mask
+        keeps its integer dtype. ControlNet `control` and c_concat are not part of this model.
+        """
+        if control is not None or c_concat is not None:
+            raise ValueError("the SANA-Sprint model takes no ControlNet or concat conditioning")
+        if c_crossattn is None:
+            raise ValueError("the SANA-Sprint model needs text conditioning from SanaSprintTextEncode")
+        dtype = self.manual_cast_dtype or self.get_dtype()
+        xc = self.model_sampling.calculate_input(t, x).to(dtype)
+        tau = self.model_sampling.timestep(t).float()
+        context = c_crossattn.to(device=xc.device, dtype=dtype)
+        mask = kwargs.get(MASK_KEY)
+        mask = None if mask is None else mask.to(device=xc.device, dtype=torch.long)
+        guidance = kwargs.get(GUIDANCE_KEY)
+        guidance = None if guidance is None else guidance.to(device=xc.device, dtype=torch.float32)
+        velocity = self.diffusion_model(xc, tau, context, mask, guidance).float()
+        return self.model_sampling.calculate_denoised(t, velocity, x)
+
+
+def dit_patcher(dit: SanaSprintDiT, manual_cast_dtype=None) -> comfy.model_patcher.ModelPatcher:
+    """A MODEL: ModelPatcher around SanaSprintBaseModel, loaded on the torch device, offloaded as usual.
+
+    manual_cast_dtype: compute dtype when the device cannot compute in the weight dtype (the layers
+    must then be comfy.ops.manual_cast ones), else None.
+    """
+    offload = comfy.model_management.unet_offload_device()
+    model = SanaSprintBaseModel(dit, device=offload, manual_cast_dtype=manual_cast_dtype)
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=comfy.model_management.get_torch_device(), offload_device=offload)
+
+
+def sana_dit(model: comfy.model_patcher.ModelPatcher, node: str) -> SanaSprintDiT:
+    """The SanaSprintDiT inside a MODEL, or a ValueError naming the node and what to connect."""
+    inner = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if not isinstance(inner, SanaSprintDiT):
+        raise ValueError(f"{node} needs a MODEL from SanaSprintDiTLoader, got a model of type "
+                         f"{type(getattr(model, 'model', model)).__name__}")
+    return inner
+
+
+class _Holder(torch.nn.Module):
+    """Container whose `device` attribute ModelPatcher may set (a transformers model's is read-only)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+        self.device = None
+
+
+class ManagedModule:
+    """A module ComfyUI places and offloads (Gemma-2 or DC-AE): `payload` plus its ModelPatcher.
+
+    The patcher is kept here (ComfyUI holds only a weak reference to loaded models); call `load()`
+    before each use so model management moves the weights to `patcher.load_device`.
+    """
+
+    def __init__(self, payload, module: torch.nn.Module, load_device, offload_device, kind: str):
+        self.payload = payload
+        self.kind = kind
+        self.patcher = comfy.model_patcher.ModelPatcher(
+            _Holder(module), load_device=load_device, offload_device=offload_device)
+
+    def load(self, memory_required: int = 0):
+        """Load onto the load device (freeing other models as needed); returns the payload."""
+        comfy.model_management.load_models_gpu([self.patcher], memory_required=memory_required)
+        return self.payload
+
+    def __repr__(self) -> str:
+        return f"ManagedModule({self.kind}: {self.payload!r})"

@@ -1,0 +1,26 @@
+"""The ComfyExtension that lists every node of the pack (ComfyUI calls `comfy_entrypoint`)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .conditioning import SanaSprintTextEncode
+from .latents import SanaSprintEmptyLatent
+from .loaders import SanaSprintDiTLoader, SanaSprintTextEncoderLoader, SanaSprintVAELoader
+from .sampling import SanaSprintSampler, SanaSprintSCMSampler, SanaSprintSigmas
+from .vae import SanaSprintVAEDecode, SanaSprintVAEEncode
+
+NODES: list[type[io.ComfyNode]] = [
+    SanaSprintDiTLoader, SanaSprintTextEncoderLoader, SanaSprintVAELoader, SanaSprintTextEncode,
+    SanaSprintEmptyLatent, SanaSprintSampler, SanaSprintSCMSampler, SanaSprintSigmas,
+    SanaSprintVAEDecode, SanaSprintVAEEncode,
+]
+
+
+class SanaSprintExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> SanaSprintExtension:
+    return SanaSprintExtension()

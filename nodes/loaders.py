@@ -1,0 +1,141 @@
+"""Loader nodes: SANA-Sprint DiT -> MODEL, Gemma-2 -> SANA_TEXT_ENCODER, DC-AE -> SANA_VAE.
+
+Files come from ComfyUI's model folders (model_files.py); nothing is downloaded. Every model is
+placed and offloaded by ComfyUI's model management through a ModelPatcher.
+"""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import comfy.ops
+
+from ..sana_sprint_core.dcae import load_vae
+from ..sana_sprint_core.dit_loading import load_dit
+from ..sana_sprint_core.text_encoder import load_text_encoder
+from . import model_files
+from .comfy_model import ManagedModule, SanaSprintModelConfig, dit_patcher
+
+CATEGORY = "SanaSprint/loaders"
+TextEncoderType = io.Custom("SANA_TEXT_ENCODER")
+VaeType = io.Custom("SANA_VAE")
+
+_NAMED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DIT_DTYPES = ["auto", "bf16", "fp16", "fp32"]
+# fp16 is left out for Gemma-2 and DC-AE: both overflow fp16 activations.
+TE_DTYPES = ["auto", "bf16", "fp32"]
+VAE_DTYPES = ["auto", "bf16", "fp32"]
+
+
+def _dtype_input(options: list[str], what: str) -> io.Combo.Input:
+    return io.Combo.Input("weight_dtype", options=options, default="auto",
+                          tooltip=f"Dtype of the {what} weights. auto: bf16 on GPUs that support it, else fp32 "
+                                  f"(ComfyUI's --bf16/--fp32 flags apply).")
+
+
+def _auto_or(name: str, auto: torch.dtype) -> torch.dtype:
+    return auto if name == "auto" else _NAMED_DTYPES[name]
+
+
+def _gpu_bf16_or_fp32(device) -> torch.dtype:
+    """bf16 on a device with bf16 support, fp32 otherwise (Gemma-2 and DC-AE are bf16 models)."""
+    return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
+
+
+class SanaSprintDiTLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SanaSprintDiTLoader",
+            display_name="Load SANA-Sprint DiT",
+            category=CATEGORY,
+            description="Loads a SANA-Sprint (or Sana) DiT from models/diffusion_models: a diffusers "
+                        "transformer folder, a diffusers pipeline folder or a single .safetensors/.pth file. "
+                        "Gives a native MODEL that ComfyUI loads, offloads and LoRA-patches.",
+            inputs=[
+                io.Combo.Input("model_name", options=model_files.list_models(model_files.DIT),
+                               tooltip="File or folder in models/diffusion_models, e.g. "
+                                       f"{model_files.DIT.example}."),
+                _dtype_input(DIT_DTYPES, "DiT"),
+            ],
+            outputs=[io.Model.Output(tooltip="The SANA-Sprint DiT as a ComfyUI MODEL (flow model, sigma = tau).")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_name):
+        return model_files.check_available(model_files.DIT, model_name)
+
+    @classmethod
+    def execute(cls, model_name, weight_dtype) -> io.NodeOutput:
+        path = model_files.resolve(model_files.DIT, model_name)
+        device = mm.get_torch_device()
+        supported = SanaSprintModelConfig.supported_inference_dtypes
+        dtype = _auto_or(weight_dtype, mm.unet_dtype(device, supported_dtypes=supported))
+        compute = mm.unet_manual_cast(dtype, device, supported)
+        ops = comfy.ops.pick_operations(dtype, compute, load_device=device)
+        dit = load_dit(path, dtype=dtype, device=mm.unet_offload_device(), operations=ops)
+        return io.NodeOutput(dit_patcher(dit, manual_cast_dtype=compute))
+
+
+class SanaSprintTextEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SanaSprintTextEncoderLoader",
+            display_name="Load SANA-Sprint Gemma-2 Text Encoder",
+            category=CATEGORY,
+            description="Loads Gemma-2-2B-IT (tokenizer + model) from models/text_encoders: a Hugging Face "
+                        "folder or a single .safetensors file. ComfyUI places and offloads it like its own "
+                        "text encoders.",
+            inputs=[
+                io.Combo.Input("text_encoder_name", options=model_files.list_models(model_files.TEXT_ENCODER),
+                               tooltip="Folder or file in models/text_encoders, e.g. "
+                                       f"{model_files.TEXT_ENCODER.example}."),
+                _dtype_input(TE_DTYPES, "Gemma-2"),
+            ],
+            outputs=[TextEncoderType.Output(tooltip="Gemma-2 for SanaSprintTextEncode.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, text_encoder_name):
+        return model_files.check_available(model_files.TEXT_ENCODER, text_encoder_name)
+
+    @classmethod
+    def execute(cls, text_encoder_name, weight_dtype) -> io.NodeOutput:
+        path = model_files.resolve(model_files.TEXT_ENCODER, text_encoder_name)
+        device, offload = mm.text_encoder_device(), mm.text_encoder_offload_device()
+        dtype = _auto_or(weight_dtype, _gpu_bf16_or_fp32(device))
+        encoder = load_text_encoder(path, dtype=dtype, device=offload)
+        return io.NodeOutput(ManagedModule(encoder, encoder.model, device, offload, "gemma2"))
+
+
+class SanaSprintVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SanaSprintVAELoader",
+            display_name="Load SANA-Sprint DC-AE",
+            category=CATEGORY,
+            description="Loads the DC-AE f32c32 autoencoder from models/vae: a diffusers folder, a "
+                        ".safetensors file or an original mit-han-lab checkpoint.",
+            inputs=[
+                io.Combo.Input("vae_name", options=model_files.list_models(model_files.VAE),
+                               tooltip=f"Folder or file in models/vae, e.g. {model_files.VAE.example}."),
+                _dtype_input(VAE_DTYPES, "DC-AE"),
+            ],
+            outputs=[VaeType.Output(tooltip="DC-AE for SanaSprintVAEDecode / SanaSprintVAEEncode.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, vae_name):
+        return model_files.check_available(model_files.VAE, vae_name)
+
+    @classmethod
+    def execute(cls, vae_name, weight_dtype) -> io.NodeOutput:
+        path = model_files.resolve(model_files.VAE, vae_name)
+        device, offload = mm.vae_device(), mm.vae_offload_device()
+        dtype = _auto_or(weight_dtype, _gpu_bf16_or_fp32(device))
+        vae = load_vae(path, dtype=dtype, device=offload)
+        return io.NodeOutput(ManagedModule(vae, vae, device, offload, "dcae"))

@@ -1,0 +1,110 @@
+"""Model files from ComfyUI's model folders (`folder_paths`): listings and missing-file messages.
+
+A listing holds the single weight files ComfyUI lists for the folder plus model FOLDERS, each as
+one entry (its path relative to the model folder, with "/"):
+  * a diffusers model folder: config.json beside weights (one file or a sharded index);
+  * a diffusers pipeline folder: model_index.json beside the component subfolder (transformer/ for
+    the DiT, text_encoder/ for Gemma, vae/ for DC-AE).
+Weight files inside a listed folder are not listed again on their own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import folder_paths
+
+from ..sana_sprint_core.constants import (
+    COMFY_DIT_NAME, COMFY_TEXT_ENCODER_NAME, COMFY_VAE_NAME, HF_DCAE, HF_GEMMA, HF_SPRINT_1600M, HF_SPRINT_600M,
+)
+
+_WEIGHT_SUFFIXES = (".safetensors", ".sft", ".bin", ".pth", ".pt", ".ckpt")
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of model file: its ComfyUI folder, pipeline subfolder, example name and sources."""
+
+    folder: str
+    component: str
+    example: str
+    what: str
+    download: str
+    # True when the core loader needs the component subfolder of a pipeline folder (DC-AE); the DiT
+    # and Gemma loaders read pipeline folders themselves (Gemma also needs tokenizer/ beside it).
+    pipeline_subfolder: bool = False
+
+
+DIT = ModelKind(
+    "diffusion_models", "transformer", COMFY_DIT_NAME, "SANA-Sprint DiT",
+    f"the transformer/ folder of {HF_SPRINT_1600M} (or {HF_SPRINT_600M})")
+TEXT_ENCODER = ModelKind(
+    "text_encoders", "text_encoder", COMFY_TEXT_ENCODER_NAME, "Gemma-2 text encoder",
+    f"the whole repository {HF_GEMMA}")
+VAE = ModelKind(
+    "vae", "vae", COMFY_VAE_NAME, "DC-AE autoencoder",
+    f"the whole repository {HF_DCAE}", pipeline_subfolder=True)
+
+
+def _is_model_folder(path: Path, component: str) -> bool:
+    if (path / "model_index.json").is_file() and (path / component).is_dir():
+        return True
+    if not (path / "config.json").is_file():
+        return False
+    return any(p.name.endswith(_WEIGHT_SUFFIXES) or p.name.endswith(".index.json") for p in path.iterdir())
+
+
+def _model_folders(root: Path, component: str) -> list[str]:
+    """Relative paths ("a/b") of the model folders under `root`, searched recursively."""
+    found = []
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        if here != root and _is_model_folder(here, component):
+            found.append(here.relative_to(root).as_posix())
+    return found
+
+
+def list_models(kind: ModelKind) -> list[str]:
+    """Sorted entries for a loader's combo: weight files outside model folders, plus model folders."""
+    folders = [f for root in folder_paths.get_folder_paths(kind.folder) if os.path.isdir(root)
+               for f in _model_folders(Path(root), kind.component)]
+    inside = tuple(f + "/" for f in folders)
+    files = [f for f in folder_paths.get_filename_list(kind.folder)
+             if not f.replace(os.sep, "/").startswith(inside)]
+    return sorted(set(files) | set(folders))
+
+
+def missing_message(kind: ModelKind, name: str) -> str:
+    """What is missing, where ComfyUI looked, and which public repository to download from."""
+    roots = ", ".join(folder_paths.get_folder_paths(kind.folder)) or f"models/{kind.folder}"
+    return (f"{kind.what} {name!r} not found in ComfyUI's '{kind.folder}' folder ({roots}). Expected the "
+            f"file or folder '{name}' there, e.g. '{kind.example}': download {kind.download} from "
+            f"https://huggingface.co into models/{kind.folder}/ (see the README); nothing is downloaded "
+            f"automatically.")
+
+
+def resolve(kind: ModelKind, name: str) -> Path:
+    """The full path of a listed entry (file or folder); FileNotFoundError with missing_message."""
+    normal = os.path.normpath(name)
+    if os.path.isabs(normal) or normal.split(os.sep)[0] == "..":
+        raise ValueError(f"{kind.what} name {name!r} points outside the '{kind.folder}' folder")
+    for root in folder_paths.get_folder_paths(kind.folder):
+        candidate = Path(root) / normal
+        if candidate.is_dir() and _is_model_folder(candidate, kind.component):
+            pipeline = (candidate / "model_index.json").is_file() and (candidate / kind.component).is_dir()
+            return candidate / kind.component if pipeline and kind.pipeline_subfolder else candidate
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(missing_message(kind, name))
+
+
+def check_available(kind: ModelKind, name: str) -> bool | str:
+    """For validate_inputs: True when `name` resolves, else the missing-file message."""
+    try:
+        resolve(kind, name)
+    except FileNotFoundError as e:
+        return str(e)
+    return True
