@@ -1,0 +1,225 @@
+"""Writes the shipped workflows from one description: UI format (v0.4) and the API-format twin.
+
+    python workflows/build.py          # rewrite workflows/*.json and workflows/api/*.json
+    python workflows/build.py --check  # exit 1 if a committed file differs from what this writes
+
+UI files sit in workflows/ (ComfyUI lists them under Browse Templates); API twins sit in
+workflows/api/ (not listed: the frontend cannot open API format). `SPECS` describes each node's
+inputs in ComfyUI's input order; tests check it against the node definitions (ours in CI, ComfyUI's
+own /object_info in the real-ComfyUI test). Runs without ComfyUI and without this repo's packages.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+API_DIR = HERE / "api"
+
+# Public weights in ComfyUI's model folders (sana_sprint_core.constants COMFY_*_NAME; a test checks).
+DIT_NAME = "Sana_Sprint_1.6B_1024px_diffusers/transformer"
+TEXT_ENCODER_NAME = "gemma-2-2b-it"
+VAE_NAME = "dc-ae-f32c32-sana-1.1-diffusers"
+PROMPT = "a tiny astronaut hatching from an egg on the moon, detailed, cinematic light"
+IMG2IMG_PROMPT = "a watercolor painting of a lighthouse on a cliff at sunset"
+INPUT_IMAGE = "example.png"
+SEED = 42
+
+
+@dataclass(frozen=True)
+class In:
+    """One input: a socket (`widget=False`) or a widget; `control` adds control_after_generate's value."""
+
+    name: str
+    type: str
+    widget: bool = True
+    control: bool = False
+    upload: bool = False  # an image_upload combo: the frontend stores an extra "image" value after it
+
+
+@dataclass(frozen=True)
+class Spec:
+    inputs: tuple[In, ...]
+    outputs: tuple[tuple[str, str], ...]  # (name, type)
+
+
+def _sock(name: str, type_: str) -> In:
+    return In(name, type_, widget=False)
+
+
+SPECS: dict[str, Spec] = {
+    "SanaSprintDiTLoader": Spec((In("model_name", "COMBO"), In("weight_dtype", "COMBO")), (("MODEL", "MODEL"),)),
+    "SanaSprintTextEncoderLoader": Spec((In("text_encoder_name", "COMBO"), In("weight_dtype", "COMBO")),
+                                        (("SANA_TEXT_ENCODER", "SANA_TEXT_ENCODER"),)),
+    "SanaSprintVAELoader": Spec((In("vae_name", "COMBO"), In("weight_dtype", "COMBO")), (("SANA_VAE", "SANA_VAE"),)),
+    "SanaSprintTextEncode": Spec((_sock("text_encoder", "SANA_TEXT_ENCODER"), In("text", "STRING"),
+                                  In("complex_human_instruction", "BOOLEAN")), (("CONDITIONING", "CONDITIONING"),)),
+    "SanaSprintEmptyLatent": Spec((In("width", "INT"), In("height", "INT"), In("batch_size", "INT"),
+                                   In("aspect_ratio", "COMBO")), (("LATENT", "LATENT"),)),
+    "SanaSprintSampler": Spec((
+        _sock("model", "MODEL"), _sock("positive", "CONDITIONING"), _sock("latent_image", "LATENT"),
+        In("seed", "INT", control=True), In("steps", "INT"), In("guidance", "FLOAT"), In("max_timestep", "FLOAT"),
+        In("intermediate_timestep", "FLOAT"), In("denoise", "FLOAT"), In("timesteps", "STRING"),
+    ), (("LATENT", "LATENT"),)),
+    "SanaSprintVAEDecode": Spec((_sock("samples", "LATENT"), _sock("vae", "SANA_VAE"), In("tiled", "COMBO")),
+                                (("IMAGE", "IMAGE"),)),
+    "SanaSprintVAEEncode": Spec((_sock("pixels", "IMAGE"), _sock("vae", "SANA_VAE"), In("tiled", "COMBO")),
+                                (("LATENT", "LATENT"),)),
+    # ComfyUI core nodes (checked against the real /object_info by tests/e2e).
+    "SaveImage": Spec((_sock("images", "IMAGE"), In("filename_prefix", "STRING")), ()),
+    "LoadImage": Spec((In("image", "COMBO", upload=True),), (("IMAGE", "IMAGE"), ("MASK", "MASK"))),
+}
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    values: dict  # input name -> widget value, or (source node id, output slot) for a socket
+    pos: tuple[int, int]
+    title: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _loaders() -> list[Node]:
+    return [
+        Node(1, "SanaSprintDiTLoader", {"model_name": DIT_NAME, "weight_dtype": "auto"}, (40, 60)),
+        Node(2, "SanaSprintTextEncoderLoader", {"text_encoder_name": TEXT_ENCODER_NAME, "weight_dtype": "auto"},
+             (40, 220)),
+        Node(3, "SanaSprintVAELoader", {"vae_name": VAE_NAME, "weight_dtype": "auto"}, (40, 380)),
+    ]
+
+
+def _sampler(steps: int, latent: tuple[int, int], denoise: float) -> Node:
+    values = {"model": (1, 0), "positive": (4, 0), "latent_image": latent, "seed": SEED, "steps": steps,
+              "guidance": 4.5, "max_timestep": 1.5708, "intermediate_timestep": 1.3, "denoise": denoise,
+              "timesteps": ""}
+    return Node(6, "SanaSprintSampler", values, (820, 60))
+
+
+def _tail(prefix: str) -> list[Node]:
+    return [
+        Node(7, "SanaSprintVAEDecode", {"samples": (6, 0), "vae": (3, 0), "tiled": "auto"}, (1180, 60)),
+        Node(8, "SaveImage", {"images": (7, 0), "filename_prefix": prefix}, (1440, 60)),
+    ]
+
+
+def text_to_image(steps: int) -> list[Node]:
+    """DiT + Gemma + DC-AE loaders, prompt, empty 1024x1024 latent, Sprint sampler, decode, save."""
+    return [
+        *_loaders(),
+        Node(4, "SanaSprintTextEncode", {"text_encoder": (2, 0), "text": PROMPT, "complex_human_instruction": True},
+             (420, 200)),
+        Node(5, "SanaSprintEmptyLatent", {"width": 1024, "height": 1024, "batch_size": 1,
+                                          "aspect_ratio": "1:1 (1024x1024)"}, (420, 460)),
+        _sampler(steps, (5, 0), 1.0),
+        *_tail(f"SanaSprint_{steps}step"),
+    ]
+
+
+def image_to_image() -> list[Node]:
+    """LoadImage -> DC-AE encode -> 2-step Sprint sampler at denoise 0.6 -> decode -> save."""
+    return [
+        *_loaders(),
+        Node(4, "SanaSprintTextEncode", {"text_encoder": (2, 0), "text": IMG2IMG_PROMPT,
+                                         "complex_human_instruction": True}, (420, 200)),
+        Node(9, "LoadImage", {"image": INPUT_IMAGE}, (40, 540)),
+        Node(5, "SanaSprintVAEEncode", {"pixels": (9, 0), "vae": (3, 0), "tiled": "auto"}, (420, 460)),
+        _sampler(2, (5, 0), 0.6),
+        *_tail("SanaSprint_img2img"),
+    ]
+
+
+WORKFLOWS = {
+    "sana_sprint_1step_text_to_image": lambda: text_to_image(1),
+    "sana_sprint_2step_text_to_image": lambda: text_to_image(2),
+    "sana_sprint_4step_text_to_image": lambda: text_to_image(4),
+    "sana_sprint_img2img": image_to_image,
+}
+
+
+def widget_values(node: Node) -> list:
+    """widgets_values in input order; seed is followed by its control value, an upload combo by 'image'."""
+    out = []
+    for inp in SPECS[node.type].inputs:
+        if inp.widget:
+            out.append(node.values[inp.name])
+            if inp.control:
+                out.append("fixed")
+            if inp.upload:
+                out.append("image")
+    return out
+
+
+def _links(nodes: list[Node]) -> list[list]:
+    """[link id, from node, from slot, to node, to slot, type] in node order, then input order."""
+    by_id = {n.id: n for n in nodes}
+    links = []
+    for node in nodes:
+        sockets = [i for i in SPECS[node.type].inputs if not i.widget]
+        for slot, inp in enumerate(sockets):
+            src, out = node.values[inp.name]
+            links.append([len(links) + 1, src, out, node.id, slot, SPECS[by_id[src].type].outputs[out][1]])
+    return links
+
+
+def to_ui(nodes: list[Node]) -> dict:
+    """The UI-format (version 0.4) workflow."""
+    links = _links(nodes)
+    ui_nodes = []
+    for order, node in enumerate(nodes):
+        spec = SPECS[node.type]
+        inputs = [{"name": i.name, "type": i.type, "link": next(l[0] for l in links if l[3] == node.id and l[4] == s)}
+                  for s, i in enumerate(x for x in spec.inputs if not x.widget)]
+        outputs = [{"name": name, "type": t, "links": [l[0] for l in links if l[1] == node.id and l[2] == s],
+                    "slot_index": s} for s, (name, t) in enumerate(spec.outputs)]
+        entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": [320, 130], "flags": {},
+                 "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
+                 "properties": {"Node name for S&R": node.type}, "widgets_values": widget_values(node)}
+        ui_nodes.append(entry)
+    return {"last_node_id": max(n.id for n in nodes), "last_link_id": len(links), "nodes": ui_nodes,
+            "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 1.0, "offset": [0, 0]}},
+            "version": 0.4}
+
+
+def to_api(nodes: list[Node]) -> dict:
+    """The API-format prompt: {id: {class_type, inputs, _meta}}; links as [source id, slot]."""
+    prompt = {}
+    for node in nodes:
+        inputs = {}
+        for inp in SPECS[node.type].inputs:
+            value = node.values[inp.name]
+            inputs[inp.name] = [str(value[0]), value[1]] if not inp.widget else value
+        prompt[str(node.id)] = {"class_type": node.type, "inputs": inputs, "_meta": {"title": node.title or node.type}}
+    return prompt
+
+
+def render() -> dict[Path, str]:
+    """Every file this script writes, path -> text."""
+    files = {}
+    for name, make in WORKFLOWS.items():
+        nodes = make()
+        files[HERE / f"{name}.json"] = json.dumps(to_ui(nodes), indent=2) + "\n"
+        files[API_DIR / f"{name}.json"] = json.dumps(to_api(nodes), indent=2) + "\n"
+    return files
+
+
+def main(argv: list[str]) -> int:
+    files = render()
+    if "--check" in argv:
+        stale = [str(p) for p, text in files.items() if not p.is_file() or p.read_text() != text]
+        for p in stale:
+            print(f"out of date: {p} (run python workflows/build.py)")
+        return 1 if stale else 0
+    API_DIR.mkdir(exist_ok=True)
+    for path, text in files.items():
+        path.write_text(text)
+        print(f"wrote {path.relative_to(HERE.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
