@@ -1,0 +1,267 @@
+"""End-to-end against a real ComfyUI (opt-in): COMFYUI_DIR=/path/to/ComfyUI (0.3.64 or newer).
+
+Run it with ComfyUI's own Python (it needs websocket-client; see docs/testing.md):
+    COMFYUI_DIR=/work/comfyui /work/comfy-venv/bin/python -m pytest tests/e2e -v
+
+The pack is linked into a temporary base directory's custom_nodes/, tiny random models are written
+under the shipped workflows' public file names, and `main.py --cpu` serves on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load as load_safetensors
+
+from tests.e2e.comfy_server import Client, ComfyServer
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
+
+REPO = Path(__file__).resolve().parents[2]
+PACK = "ComfyUI-SanaSprint"
+WORKFLOWS = REPO / "workflows"
+NODE_IDS = ("SanaSprintDiTLoader", "SanaSprintTextEncoderLoader", "SanaSprintVAELoader", "SanaSprintTextEncode",
+            "SanaSprintEmptyLatent", "SanaSprintSampler", "SanaSprintSCMSampler", "SanaSprintSigmas",
+            "SanaSprintVAEDecode", "SanaSprintVAEEncode")
+IMG2IMG_SIZE = (256, 192)  # width, height of the generated input image
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _api_workflows() -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((WORKFLOWS / "api").glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tests.fixtures.comfy_models import write_tiny_models
+
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
+    write_tiny_models(base / "models")
+    (base / "input").mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (IMG2IMG_SIZE[1], IMG2IMG_SIZE[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(base / "input" / "example.png")
+    srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log")
+    try:
+        srv.wait_ready("SanaSprintSampler")
+        yield srv
+    finally:
+        srv.stop()
+        print(f"\n--- ComfyUI log (tail) ---\n{srv.log_tail(30)}")
+
+
+@pytest.fixture
+def client(server):
+    c = Client(server)
+    yield c
+    c.close()
+
+
+def _run_ok(client: Client, prompt: dict):
+    status, answer = client.submit(prompt)
+    assert status == 200, answer
+    run = client.follow(answer["prompt_id"])
+    errors = run.of_type("execution_error")
+    assert not errors, errors[0].get("exception_message")
+    history = client.server.get(f"/history/{answer['prompt_id']}")[answer["prompt_id"]]
+    assert history["status"]["status_str"] == "success"
+    return run, history
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration, templates, workflow files
+
+
+def test_object_info_lists_every_node_from_the_pack(server):
+    info = server.get("/object_info")
+    missing = [n for n in NODE_IDS if n not in info]
+    assert not missing, f"not registered: {missing}; log:\n{server.log_tail()}"
+    for node in NODE_IDS:
+        assert info[node]["python_module"] == f"custom_nodes.{PACK}"
+        assert info[node]["category"].startswith("SanaSprint/")
+        assert info[node]["description"]
+
+
+def test_workflow_specs_match_the_real_node_definitions(server):
+    from workflows.build import SPECS
+
+    info = server.get("/object_info")
+    for node_type, spec in SPECS.items():
+        order = info[node_type]["input_order"]
+        names = order.get("required", []) + order.get("optional", [])
+        assert names == [i.name for i in spec.inputs], node_type
+        defs = {**info[node_type]["input"].get("required", {}), **info[node_type]["input"].get("optional", {})}
+        for inp in spec.inputs:
+            kind, options = defs[inp.name][0], (defs[inp.name][1] if len(defs[inp.name]) > 1 else {})
+            is_widget = (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
+            assert is_widget == inp.widget, (node_type, inp.name)
+            assert bool(options.get("control_after_generate")) == inp.control, (node_type, inp.name)
+            assert bool(options.get("image_upload")) == inp.upload, (node_type, inp.name)
+        assert [t for _, t in spec.outputs] == list(info[node_type]["output"]), node_type
+
+
+def test_workflow_templates_are_listed_and_served(server):
+    listed = server.get("/workflow_templates")
+    ui_names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    assert sorted(listed[PACK]) == ui_names
+    assert len(ui_names) == 4
+    for name in ui_names:
+        status, body = server.get_bytes(f"/api/workflow_templates/{PACK}/{name}.json")
+        assert status == 200 and json.loads(body)["version"] == 0.4
+
+
+def _ui_to_api(ui: dict, info: dict) -> dict:
+    """Convert a UI workflow to API format the way the frontend does, from /object_info widget order."""
+    links = {link[0]: link for link in ui["links"]}
+    prompt = {}
+    for node in ui["nodes"]:
+        defs = info[node["type"]]
+        order = defs["input_order"].get("required", []) + defs["input_order"].get("optional", [])
+        specs = {**defs["input"].get("required", {}), **defs["input"].get("optional", {})}
+        linked = {i["name"]: links[i["link"]] for i in node["inputs"] if i.get("link") is not None}
+        values, inputs = list(node["widgets_values"]), {}
+        for name in order:
+            kind, options = specs[name][0], (specs[name][1] if len(specs[name]) > 1 else {})
+            if name in linked:
+                inputs[name] = [str(linked[name][1]), linked[name][2]]
+            elif isinstance(kind, list) or kind in WIDGET_TYPES:
+                inputs[name] = values.pop(0)
+                if options.get("control_after_generate") or options.get("image_upload"):
+                    values.pop(0)
+        assert not values, f"{node['type']}: widget values left over: {values}"
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+@pytest.mark.parametrize("name", sorted(_api_workflows()))
+def test_ui_workflow_converts_to_its_api_twin(server, name):
+    info = server.get("/object_info")
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    twin = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in _api_workflows()[name].items()}
+    assert _ui_to_api(ui, info) == twin
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the shipped workflows
+
+
+@pytest.mark.parametrize("name", sorted(_api_workflows()))
+def test_api_workflow_runs_with_progress_previews_and_image(client, name):
+    prompt = _api_workflows()[name]
+    run, history = _run_ok(client, prompt)
+    sampler_id = next(k for k, v in prompt.items() if v["class_type"] == "SanaSprintSampler")
+    steps = prompt[sampler_id]["inputs"]["steps"]
+    progress = [p for p in run.of_type("progress") if p["node"] == sampler_id]
+    assert [p["value"] for p in progress] == list(range(1, steps + 1))
+    assert all(p["max"] == steps for p in progress)
+    assert len(run.previews) >= steps  # one JPEG preview per step from the sampler
+    for _, jpeg in run.previews[:steps]:
+        assert Image.open(io.BytesIO(jpeg)).format == "JPEG"
+    images = history["outputs"]["8"]["images"]
+    assert len(images) == 1
+    image = Image.open(io.BytesIO(client.server.view(images[0])))
+    expected = IMG2IMG_SIZE if "img2img" in name else (1024, 1024)
+    assert image.size == expected and image.format == "PNG"
+    assert np.asarray(image).std() > 1  # not a constant image
+
+
+def test_headless_readme_command_writes_the_image(server, tmp_path):
+    out = tmp_path / "sprint.png"
+    cmd = [sys.executable, str(WORKFLOWS / "run.py"), str(WORKFLOWS / "api" / "sana_sprint_2step_text_to_image.json"),
+           "--server", server.url, "--out", str(out), "--prompt", "a red fox", "--seed", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (1024, 1024)
+
+
+# --------------------------------------------------------------------------------------------------
+# Interruption and bad input
+
+
+def _slow_prompt() -> dict:
+    """The 4-step workflow on a large batch, so that sampling takes a few seconds."""
+    prompt = json.loads(json.dumps(_api_workflows()["sana_sprint_4step_text_to_image"]))
+    prompt["5"]["inputs"].update(width=4096, height=4096, batch_size=16, aspect_ratio="custom")
+    prompt["6"]["inputs"]["seed"] = 123
+    return prompt
+
+
+def test_interrupt_stops_the_sampler_between_steps(client):
+    status, answer = client.submit(_slow_prompt())
+    assert status == 200, answer
+
+    def interrupt_on_first_step(run, event):
+        if event["type"] == "progress" and event["data"]["node"] == "6" and event["data"]["value"] == 1:
+            assert client.server.post("/interrupt", {})[0] == 200
+
+    run = client.follow(answer["prompt_id"], on_event=interrupt_on_first_step)
+    interrupted = run.of_type("execution_interrupted")
+    assert interrupted and interrupted[0]["node_id"] == "6", [e["type"] for e in run.events]
+    assert max(p["value"] for p in run.of_type("progress") if p["node"] == "6") < 4
+    assert not run.of_type("executed")  # SaveImage never ran
+
+
+def test_bad_inputs_give_400_with_node_errors(client):
+    prompt = json.loads(json.dumps(_api_workflows()["sana_sprint_2step_text_to_image"]))
+    prompt["6"]["inputs"]["steps"] = 9
+    status, answer = client.submit(prompt)
+    assert status == 400
+    assert answer["node_errors"]["6"]["errors"][0]["type"] == "value_bigger_than_max"
+
+    prompt = json.loads(json.dumps(_api_workflows()["sana_sprint_2step_text_to_image"]))
+    prompt["1"]["inputs"]["model_name"] = "Sana_Sprint_0.6B_1024px.safetensors"
+    status, answer = client.submit(prompt)
+    assert status == 400
+    details = answer["node_errors"]["1"]["errors"][0]["details"]
+    assert "diffusion_models" in details and "Sana_Sprint_0.6B_1024px.safetensors" in details
+    assert "Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers" in details
+
+
+# --------------------------------------------------------------------------------------------------
+# SAMPLER + SIGMAS in ComfyUI's SamplerCustomAdvanced == SanaSprintSampler
+
+
+def _sampler_pair_prompt(steps: int, seed: int) -> dict:
+    """Both routes from the same loaders, prompt and latent, each saved with core SaveLatent."""
+    base = json.loads(json.dumps(_api_workflows()["sana_sprint_2step_text_to_image"]))
+    prompt = {k: base[k] for k in ("1", "2", "4", "5", "6")}
+    prompt["5"]["inputs"].update(width=256, height=192, batch_size=2, aspect_ratio="custom")
+    prompt["6"]["inputs"].update(steps=steps, seed=seed)
+    schedule = {k: prompt["6"]["inputs"][k] for k in ("steps", "max_timestep", "intermediate_timestep", "denoise")}
+    prompt.update({
+        "20": {"class_type": "SanaSprintSigmas", "inputs": {**schedule, "timesteps": ""}},
+        "21": {"class_type": "SanaSprintSCMSampler", "inputs": {}},
+        "22": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
+        "23": {"class_type": "BasicGuider", "inputs": {"model": ["1", 0], "conditioning": ["4", 0]}},
+        "24": {"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["22", 0], "guider": ["23", 0], "sampler": ["21", 0], "sigmas": ["20", 0],
+            "latent_image": ["5", 0]}},
+        "30": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"latents/ours{steps}"}},
+        "31": {"class_type": "SaveLatent", "inputs": {"samples": ["24", 0], "filename_prefix": f"latents/comfy{steps}"}},
+    })
+    return prompt
+
+
+def _latent(server, history, node: str) -> torch.Tensor:
+    item = history["outputs"][node]["latents"][0]
+    return load_safetensors(server.view(item))["latent_tensor"]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_sampler_custom_advanced_matches_our_sampler(client, steps):
+    _, history = _run_ok(client, _sampler_pair_prompt(steps, seed=11 + steps))
+    ours, comfy = _latent(client.server, history, "30"), _latent(client.server, history, "31")
+    assert ours.shape == comfy.shape == (2, 32, 6, 8)
+    assert ours.std() > 0.1
+    torch.testing.assert_close(comfy, ours, rtol=1e-5, atol=1e-5 * float(ours.abs().max()))
