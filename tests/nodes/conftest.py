@@ -1,0 +1,54 @@
+"""Fixtures: ComfyUI stubs in sys.modules, the pack loaded as ComfyUI loads it, tiny models on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from unittest.mock import patch
+
+import pytest
+
+from tests.nodes import stubs
+
+REPO = Path(__file__).resolve().parents[2]
+PACK_NAME = "sanasprint_pack_under_test"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    from tests.fixtures.comfy_models import write_tiny_models
+
+    root = tmp_path_factory.mktemp("comfy_models")
+    write_tiny_models(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pack(models_dir):
+    """The repository imported like ComfyUI does (spec_from_file_location on its __init__.py)."""
+    modules = stubs.build_modules(models_dir)
+    with patch.dict(sys.modules, modules):
+        spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_NAME] = module
+        spec.loader.exec_module(module)
+        yield module
+    for name in [n for n in sys.modules if n == PACK_NAME or n.startswith(PACK_NAME + ".")]:
+        del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def nodes(pack) -> dict:
+    """node_id -> node class, from the pack's comfy_entrypoint."""
+    extension = asyncio.run(pack.comfy_entrypoint())
+    return {cls.define_schema().node_id: cls for cls in asyncio.run(extension.get_node_list())}
+
+
+@pytest.fixture(autouse=True)
+def _clean_state():
+    stubs.reset_state()
+    yield
+    stubs.reset_state()

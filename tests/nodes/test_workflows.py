@@ -1,0 +1,139 @@
+"""Shipped workflows: files equal the generator's output, nodes/inputs/widget values fit the node
+definitions, and every API-format workflow runs through the nodes on tiny models."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sana_sprint_core import constants
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = REPO / "workflows"
+WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+CORE_NODES = {"SaveImage", "LoadImage"}
+
+
+def _load_build():
+    spec = importlib.util.spec_from_file_location("workflows_build", WORKFLOWS / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up in sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load_build()
+API = {p.stem: json.loads(p.read_text()) for p in sorted((WORKFLOWS / "api").glob("*.json"))}
+UI = {p.stem: json.loads(p.read_text()) for p in sorted(WORKFLOWS.glob("*.json"))}
+
+
+def test_committed_files_equal_the_generator_output():
+    files = build.render()
+    assert len(files) == 8
+    for path, text in files.items():
+        assert path.read_text() == text, f"{path} is stale: run python workflows/build.py"
+    assert sorted(API) == sorted(UI) == sorted(build.WORKFLOWS)
+
+
+def test_workflows_use_the_public_model_names():
+    assert (build.DIT_NAME, build.TEXT_ENCODER_NAME, build.VAE_NAME) == (
+        constants.COMFY_DIT_NAME, constants.COMFY_TEXT_ENCODER_NAME, constants.COMFY_VAE_NAME)
+
+
+def test_generator_specs_match_our_node_schemas(nodes):
+    for node_id, cls in nodes.items():
+        if node_id not in build.SPECS:
+            continue
+        schema, spec = cls.define_schema(), build.SPECS[node_id]
+        assert [i.id for i in schema.inputs] == [i.name for i in spec.inputs], node_id
+        for inp, want in zip(schema.inputs, spec.inputs):
+            assert (inp.io_type in WIDGETS) == want.widget and inp.io_type == want.type, (node_id, inp.id)
+            assert bool(getattr(inp, "control_after_generate", False)) == want.control, (node_id, inp.id)
+        assert [o.io_type for o in schema.outputs] == [t for _, t in spec.outputs], node_id
+
+
+def _check_widget(node_id: str, inp, value) -> None:
+    if inp.io_type == "COMBO":
+        assert value in inp.options, f"{node_id}.{inp.id}: {value!r} not in {inp.options}"
+    elif inp.io_type in ("INT", "FLOAT"):
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), (node_id, inp.id)
+        assert inp.min <= value <= inp.max, f"{node_id}.{inp.id}: {value} outside [{inp.min}, {inp.max}]"
+    elif inp.io_type == "BOOLEAN":
+        assert isinstance(value, bool), (node_id, inp.id)
+    else:
+        assert isinstance(value, str), (node_id, inp.id)
+
+
+@pytest.mark.parametrize("name", sorted(UI))
+def test_ui_workflow_fits_the_node_definitions(nodes, name):
+    ui = UI[name]
+    assert ui["version"] == 0.4
+    link_ids = {link[0] for link in ui["links"]}
+    for node in ui["nodes"]:
+        if node["type"] in CORE_NODES:
+            continue
+        schema = nodes[node["type"]].define_schema()
+        values = list(node["widgets_values"])
+        for inp in schema.inputs:
+            if inp.io_type in WIDGETS:
+                _check_widget(node["type"], inp, values.pop(0))
+                if getattr(inp, "control_after_generate", False):
+                    assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
+        assert not values, f"{node['type']}: extra widget values {values}"
+        sockets = [i.id for i in schema.inputs if i.io_type not in WIDGETS]
+        assert [i["name"] for i in node["inputs"]] == sockets
+        assert all(i["link"] in link_ids for i in node["inputs"])
+
+
+@pytest.mark.parametrize("name", sorted(API))
+def test_api_workflow_fits_the_node_definitions(nodes, name):
+    for node_id, node in API[name].items():
+        if node["class_type"] in CORE_NODES:
+            continue
+        schema = nodes[node["class_type"]].define_schema()
+        assert list(node["inputs"]) == [i.id for i in schema.inputs], node_id
+        for inp in schema.inputs:
+            value = node["inputs"][inp.id]
+            if inp.io_type in WIDGETS:
+                _check_widget(node["class_type"], inp, value)
+            else:
+                src, slot = value
+                assert src in API[name] and isinstance(slot, int), (node_id, inp.id)
+        if hasattr(nodes[node["class_type"]], "validate_inputs"):
+            widget = next(i.id for i in schema.inputs if i.io_type == "COMBO")
+            assert nodes[node["class_type"]].validate_inputs(node["inputs"][widget]) is True
+
+
+def _execute(prompt: dict, nodes: dict, input_image: torch.Tensor) -> dict:
+    """A minimal executor: runs nodes once their linked inputs exist; doubles for LoadImage/SaveImage."""
+    outputs, saved, pending = {}, {}, dict(prompt)
+    while pending:
+        ready = [k for k, n in pending.items()
+                 if all(not isinstance(v, list) or v[0] in outputs for v in n["inputs"].values())]
+        assert ready, f"cycle or missing node among {sorted(pending)}"
+        for key in ready:
+            node = pending.pop(key)
+            inputs = {k: outputs[v[0]][v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
+            if node["class_type"] == "LoadImage":
+                outputs[key] = (input_image, torch.zeros(input_image.shape[:3]))
+            elif node["class_type"] == "SaveImage":
+                saved[key] = inputs["images"]
+                outputs[key] = ()
+            else:
+                with torch.inference_mode():  # as ComfyUI's executor runs every node
+                    outputs[key] = nodes[node["class_type"]].execute(**inputs).args
+    return saved
+
+
+@pytest.mark.parametrize("name", sorted(API))
+def test_api_workflow_runs_through_the_nodes(nodes, name):
+    image = torch.rand(1, 96, 128, 3)
+    saved = _execute(API[name], nodes, image)
+    (images,) = saved.values()
+    expected = (1, 96, 128, 3) if "img2img" in name else (1, 1024, 1024, 3)
+    assert images.shape == expected and images.std() > 0.01
