@@ -4,9 +4,12 @@ import pytest
 import torch
 
 from sana_sprint_core.dit_layers import mask_to_bias
+from tests.fixtures.distill import one_thread  # noqa: F401 (fixture)
 from tests.fixtures.distill import tiny_batch, tiny_teacher
 from trainers.discriminator import BatchNormLocal, Discriminator, check_head_blocks, teacher_features
 from trainers.student import Teacher
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_batchnorm_local_normalises_each_group_of_eight():

@@ -5,6 +5,7 @@ import torch
 
 import sana_sprint_core.dit as dit_module
 from sana_sprint_core.constants import T_MAX
+from tests.fixtures.distill import one_thread  # noqa: F401 (fixture)
 from tests.fixtures.distill import tiny_batch, tiny_teacher
 from trainers.config import DistillConfig, ModelConfig
 from trainers.discriminator import Discriminator
@@ -12,6 +13,8 @@ from trainers.steps import Draws, Nets, discriminator_step, generator_step, scm_
 from trainers.student import build_pair
 
 CFG = DistillConfig(head_blocks=[0, 2], tangent_warmup_steps=10)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(mode="lora", checkpointing=True, dtype=torch.float32, seed=0):

@@ -5,9 +5,12 @@ import torch
 
 from sana_sprint_core.dit_layers import CrossAttention, LinearSelfAttention
 from sana_sprint_core.trigflow_model import TrigFlowModel
+from tests.fixtures.distill import one_thread  # noqa: F401 (fixture)
 from tests.fixtures.distill import TINY_TEACHER, tiny_batch, tiny_teacher
 from trainers.config import ModelConfig
 from trainers.student import build_pair, check_teacher, trainable_state_dict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def inputs(b=2, seed=3):

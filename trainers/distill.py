@@ -1,0 +1,291 @@
+"""CLI and loop of the SANA-Sprint distillation: `python -m trainers.distill --config FILE`.
+
+Several GPUs: `accelerate launch --num_processes N -m trainers.distill --config FILE` (DDP).
+Stages: precompute the latent/text cache (if missing or stale) -> optional teacher preparation ->
+distillation, alternating G and D iterations when LADD is on. Writes into train.output_dir:
+config.json, loss.csv, loss.png, checkpoints/, validation/, and the outputs sprint_lora.safetensors
+(LoRA mode) and sprint_student.safetensors (full mode, or LoRA mode with train.export_merged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sana_sprint_core.dit_loading import load_dit
+
+from . import checkpoint as ckpt
+from .batches import BatchStream
+from .config import Config, config_to_json, load_config, save_config
+from .discriminator import Discriminator, check_head_blocks
+from .export import export_lora, export_student, metadata, weights_sha256
+from .logs import LossLog, plot_losses
+from .precompute import CachedDataset, cache_is_current, precompute
+from .steps import Draws, Nets, apply_update, discriminator_step, generator_step
+from .student import build_pair, check_teacher
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LORA_FILE, STUDENT_FILE = "sprint_lora.safetensors", "sprint_student.safetensors"
+
+
+def make_accelerator(cfg: Config):
+    """Accelerator for DDP (or one process); FSDP is not supported by this trainer yet."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if cfg.train.distributed == "fsdp":
+        raise ValueError("train.distributed 'fsdp' is not supported yet (the JVP needs unsharded student weights); "
+                         "use 'ddp', LoRA mode, or the adafactor optimizer to save memory")
+    kwargs = DistributedDataParallelKwargs(find_unused_parameters=False)
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[kwargs])
+
+
+def make_optimizer(params: list, cfg: Config, lr: float) -> torch.optim.Optimizer:
+    """AdamW, or torch's Adafactor (factored second moments, no first moment: the memory-lean choice)."""
+    o = cfg.optim
+    if o.optimizer == "adafactor":  # lr is relative to each parameter's RMS (torch.optim.Adafactor)
+        return torch.optim.Adafactor(params, lr=lr, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+@dataclass
+class Run:
+    """Everything the loop needs."""
+
+    cfg: Config
+    acc: object
+    nets: Nets
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+    stream: BatchStream
+    generator: torch.Generator
+    out: Path
+    base_hash: str
+    teacher_path: str
+    g_steps: int = 0
+    last: dict = field(default_factory=dict)
+
+    @property
+    def g_params(self) -> list:
+        return [p for p in self.nets.student_core.parameters() if p.requires_grad]
+
+    @property
+    def d_params(self) -> list:
+        return [] if self.nets.disc_core is None else list(self.nets.disc_core.parameters())
+
+
+def load_teacher(cfg: Config, path: str, device) -> torch.nn.Module:
+    """The teacher DiT in model.weights_dtype, checked for the sCM recipe."""
+    if not path:
+        raise ValueError("config key model.teacher is empty; give a SANA flow-matching DiT file or folder")
+    overrides = cfg.model.teacher_overrides or None
+    dit = load_dit(path, dtype=_DTYPES[cfg.model.weights_dtype], overrides=overrides)
+    check_teacher(dit, path)
+    if cfg.distill.ladd:
+        check_head_blocks(cfg.distill.head_blocks, dit.config.num_layers)
+    return dit.to(device)
+
+
+def setup(cfg: Config, acc, teacher_path: str, base_hash: str) -> Run:
+    """Models, optimisers, data stream and the step generator of this process."""
+    torch.manual_seed(cfg.train.seed)  # adapter and head init: identical on every rank
+    teacher = load_teacher(cfg, teacher_path, acc.device)
+    pair = build_pair(teacher, cfg.model, torch.Generator().manual_seed(cfg.train.seed))
+    student = pair.student.to(acc.device)
+    if not cfg.distill.scm:  # the logvar head only feeds the sCM loss
+        student.logvar_linear.requires_grad_(False)
+    disc = Discriminator(teacher.config.hidden_size, cfg.distill.head_blocks).to(acc.device) if cfg.distill.ladd else None
+    opt_g = make_optimizer([p for p in student.parameters() if p.requires_grad], cfg, cfg.optim.lr)
+    opt_d = make_optimizer(list(disc.parameters()), cfg, cfg.optim.disc_lr) if disc is not None else None
+    if disc is not None:
+        student_w, disc_w, opt_g, opt_d = acc.prepare(student, disc, opt_g, opt_d)
+    else:
+        student_w, opt_g = acc.prepare(student, opt_g)
+        disc_w = None
+    nets = Nets(student_w, student, pair.teacher, disc_w, disc)
+    stream = BatchStream(CachedDataset(cfg.data.cache_dir), cfg.train.batch_size, cfg.train.seed,
+                         acc.process_index, acc.num_processes)
+    generator = torch.Generator().manual_seed(cfg.train.seed + 7919 * acc.process_index)
+    return Run(cfg, acc, nets, opt_g, opt_d, stream, generator, Path(cfg.train.output_dir), base_hash, teacher_path)
+
+
+def _set_lr(run: Run) -> float:
+    o = run.cfg.optim
+    lr = o.lr * min(1.0, (run.g_steps + 1) / o.warmup_steps) if o.warmup_steps > 0 else o.lr
+    for group in run.opt_g.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def iteration(run: Run, step: int) -> dict:
+    """One G or D iteration (G on even steps when LADD is on); returns the loss-log row."""
+    cfg, acc = run.cfg, run.acc
+    phase = "D" if cfg.distill.ladd and step % 2 == 1 else "G"
+    batch = run.stream.next(acc.device)
+    draws = Draws(run.generator, acc.device)
+    with acc.autocast():
+        if phase == "G":
+            lr = _set_lr(run)
+            out = generator_step(run.nets, batch, cfg.distill, step, draws)
+            norm, applied = apply_update(run.opt_g, run.g_params, cfg.optim.grad_clip, acc.clip_grad_norm_)
+            run.g_steps += 1
+        else:
+            lr = cfg.optim.disc_lr
+            out = discriminator_step(run.nets, batch, cfg.distill, draws)
+            norm, applied = apply_update(run.opt_d, run.d_params, cfg.optim.grad_clip, acc.clip_grad_norm_)
+    row = {"step": step, "phase": phase, "grad_norm": f"{norm:.6g}", "lr": f"{lr:.6g}", "skipped": int(not applied)}
+    for name, value in out.items():
+        row[name] = repr(acc.reduce(value.float(), reduction="mean").item())
+    return row
+
+
+def save(run: Run, next_step: int) -> Path | None:
+    """Checkpoint `next_step` (the first step a resume runs); every rank writes its RNG states."""
+    acc = run.acc
+    tmp = ckpt.checkpoint_dir(run.out, next_step).with_suffix(".tmp")
+    if acc.is_main_process:
+        ckpt.begin(run.out, next_step)
+    acc.wait_for_everyone()
+    ckpt.write_rng(tmp, acc.process_index, run.generator)
+    acc.wait_for_everyone()
+    final = None
+    if acc.is_main_process:
+        ckpt.write_models(tmp, run.nets.student_core, run.nets.disc_core, run.opt_g, run.opt_d)
+        state = {"step": next_step, "g_steps": run.g_steps, "stream": run.stream.state(),
+                 "base_hash": run.base_hash}
+        final = ckpt.commit(tmp, state, config_to_json(run.cfg))
+        plot_losses(run.out / "loss.csv", run.out / "loss.png")
+    acc.wait_for_everyone()
+    return final
+
+
+def resume(run: Run) -> int:
+    """Load the checkpoint named by train.resume; returns the step to continue from."""
+    folder = ckpt.find(run.out, run.cfg.train.resume)
+    ckpt.load_models(folder, run.nets.student_core, run.nets.disc_core, run.opt_g, run.opt_d)
+    state = ckpt.load_state(folder, run.acc.process_index, run.generator)
+    run.stream.load_state(state["stream"])
+    run.g_steps = state["g_steps"]
+    return int(state["step"])
+
+
+def export(run: Run, steps: int) -> list[Path]:
+    """Write the outputs (main process): the LoRA and/or the full student, with metadata."""
+    cfg, student = run.cfg, run.nets.student_core
+    meta = metadata("lora" if cfg.model.mode == "lora" else "student", base_hash=run.base_hash,
+                    base_name=Path(run.teacher_path).name, steps=steps, config_json=config_to_json(cfg))
+    dtype, paths = _DTYPES[cfg.train.export_dtype], []
+    if cfg.model.mode == "lora":
+        paths.append(export_lora(student, run.out / LORA_FILE, meta, cfg.model.lora_rank, cfg.model.lora_alpha, dtype))
+    if cfg.model.mode == "full" or cfg.train.export_merged:
+        paths.append(export_student(student, run.out / STUDENT_FILE, {**meta, "sana_sprint.kind": "student"}, dtype))
+    return paths
+
+
+def validate(run: Run, step: int) -> list[Path]:
+    """Validation images of the cached prompts (main process; needs data.vae)."""
+    cfg = run.cfg
+    prompts, text, mask = run.stream.dataset.validation_prompts()
+    if not prompts or not cfg.data.vae:
+        return []
+    from sana_sprint_core.dcae import load_vae
+
+    from .validation import save_validation
+
+    device = run.acc.device
+    vae = load_vae(cfg.data.vae, device=device)
+    model = run.nets.student_core.model
+    paths = save_validation(model, vae, text.to(device), mask.to(device), prompts, cfg.train.validation_steps,
+                            cfg.train.validation_guidance, tuple(cfg.train.validation_size), cfg.train.seed,
+                            run.out / "validation", step)
+    del vae
+    return paths
+
+
+def prepare_inputs(cfg: Config, acc) -> tuple[str, str]:
+    """Cache (precompute if stale) and teacher (prepare if asked); returns (teacher path, its sha256).
+
+    Without data.image_dir, data.cache_dir is used as it is (a cache built before or elsewhere).
+    """
+    if acc.is_main_process and cfg.data.image_dir and not cache_is_current(cfg):
+        precompute(cfg, acc.device)
+    acc.wait_for_everyone()
+    teacher = cfg.model.teacher
+    if cfg.prepare.enabled:
+        from .prepare import prepare_teacher
+
+        teacher = str(prepare_teacher(cfg, acc))
+    digest = weights_sha256(teacher) if acc.is_main_process and teacher else ""
+    return teacher, digest
+
+
+def train(cfg: Config) -> Path:
+    """The whole run; returns the output folder."""
+    acc = make_accelerator(cfg)
+    out = Path(cfg.train.output_dir)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.json")
+    teacher_path, digest = prepare_inputs(cfg, acc)
+    run = setup(cfg, acc, teacher_path, digest)
+    start = resume(run) if cfg.train.resume else 0
+    log = LossLog(out / "loss.csv", keep_before=start) if acc.is_main_process else None
+    loop(run, log, start)
+    if acc.is_main_process:
+        export(run, cfg.train.max_steps)
+        plot_losses(out / "loss.csv", out / "loss.png")
+    acc.wait_for_everyone()
+    acc.end_training()
+    return out
+
+
+def loop(run: Run, log: LossLog | None, start: int) -> None:
+    """Iterations start..max_steps-1 with logging, checkpoints and validation."""
+    from tqdm.auto import tqdm
+
+    t = run.cfg.train
+    bar = tqdm(range(start, t.max_steps), initial=start, total=t.max_steps, disable=not run.acc.is_main_process)
+    for step in bar:
+        row = iteration(run, step)
+        if log is not None:
+            log.append(row)
+            bar.set_postfix({k: f"{float(v):.4g}" for k, v in row.items() if k.startswith("loss_")})
+        done = step + 1
+        if done % t.save_every == 0 or done == t.max_steps:
+            save(run, done)
+        if t.validate_every > 0 and (done % t.validate_every == 0 or done == t.max_steps):
+            if run.acc.is_main_process:
+                validate(run, done)
+            run.acc.wait_for_everyone()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(prog="python -m trainers.distill", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML or JSON config (see docs/training.md)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--precompute-only", action="store_true", help="build the latent/text cache and exit")
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder (overrides train.resume)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    if args.resume is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, train=replace(cfg.train, resume=args.resume))
+    if args.dry_run:
+        print(json.dumps(json.loads(config_to_json(cfg)), indent=2))
+        return 0
+    if args.precompute_only:
+        print(precompute(cfg, "cuda" if torch.cuda.is_available() else "cpu"))
+        return 0
+    print(train(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

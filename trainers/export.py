@@ -1,0 +1,137 @@
+"""Outputs of the trainer: a ComfyUI-format LoRA and a full student DiT, both safetensors with metadata.
+
+LoRA keys (ComfyUI's generic `diffusion_model.` map, LoRAAdapter names; reference comfyui.md):
+  diffusion_model.<module path>.lora_down.weight  (r, in[, 1, 1])   = peft lora_A
+  diffusion_model.<module path>.lora_up.weight    (out, r[, 1, 1])  = peft lora_B
+  diffusion_model.<module path>.alpha             scalar; ComfyUI scale = alpha / r = peft's scale
+Modules trained in full inside a LoRA run (the new guidance embedder, absent from the teacher) are
+written as `diffusion_model.<path>.diff` (weight) and `.diff_b` (bias) over a zero base; the
+metadata key `sana_sprint.full_modules` lists them. The full student is a plain DiT state dict
+(adapters merged) with its DiTConfig in the metadata, so `load_dit` reads it without arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from sana_sprint_core.checkpoint_io import resolve_checkpoint, save_safetensors_atomic
+from sana_sprint_core.dit import SanaSprintDiT
+from sana_sprint_core.dit_loading import dit_from_state_dict, save_dit
+
+from .student import ADAPTER_NAME, Student
+
+COMFY_PREFIX = "diffusion_model."
+# Modules that a LoRA run trains in full because the teacher does not have them.
+FULL_MODULES = ("time_embed.guidance_embedder",)
+META_PREFIX = "sana_sprint."
+_HASH_CHUNK = 1 << 24
+
+
+def weights_sha256(path: str | os.PathLike) -> str:
+    """sha256 over the weight files behind `path` (file, index json or folder), in shard order."""
+    digest = hashlib.sha256()
+    for file in resolve_checkpoint(path).files:
+        with open(file, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def lora_layers(dit: nn.Module) -> dict[str, nn.Module]:
+    """Module path -> peft LoRA layer, for every adapted layer of the DiT."""
+    from peft.tuners.lora import LoraLayer
+
+    return {name: m for name, m in dit.named_modules() if isinstance(m, LoraLayer)}
+
+
+def _lora_pair(layer: nn.Module) -> tuple[Tensor, Tensor, float]:
+    """(down (r, in, ...), up (out, r, ...), peft scale alpha / r) of one adapted layer."""
+    down = layer.lora_A[ADAPTER_NAME].weight.detach()
+    up = layer.lora_B[ADAPTER_NAME].weight.detach()
+    return down, up, float(layer.scaling[ADAPTER_NAME])
+
+
+def comfy_lora_state_dict(dit: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
+    """ComfyUI LoRA tensors of a peft-adapted DiT (module docstring)."""
+    out: dict[str, Tensor] = {}
+    for path, layer in lora_layers(dit).items():
+        down, up, scale = _lora_pair(layer)
+        key = COMFY_PREFIX + path
+        out[f"{key}.lora_down.weight"] = down.to(dtype).contiguous()
+        out[f"{key}.lora_up.weight"] = up.to(dtype).contiguous()
+        out[f"{key}.alpha"] = torch.tensor(scale * down.shape[0], dtype=torch.float32)
+    for prefix in FULL_MODULES:
+        module = dit.get_submodule(prefix)
+        for name, p in module.named_parameters():
+            kind = "diff" if name.endswith("weight") else "diff_b"
+            out[f"{COMFY_PREFIX}{prefix}.{name.rsplit('.', 1)[0]}.{kind}"] = p.detach().to(dtype).contiguous()
+    return out
+
+
+def _delta(down: Tensor, up: Tensor, scale: float) -> Tensor:
+    """scale * up @ down for Linear (2-D) and 1x1 conv (4-D) adapters, in fp32."""
+    d, u = down.float().flatten(1), up.float().flatten(1)  # (r, in), (out, r)
+    return scale * (u @ d).reshape(up.shape[0], *down.shape[1:])
+
+
+def merged_state_dict(dit: nn.Module) -> dict[str, Tensor]:
+    """Plain DiT state dict (our keys) with every adapter merged: W + (alpha / r) up @ down."""
+    layers = lora_layers(dit)
+    state: dict[str, Tensor] = {}
+    for key, value in dit.state_dict().items():
+        if ".lora_" in key:
+            continue
+        module, _, param = key.rpartition(".")
+        if module.endswith(".base_layer"):
+            path = module[: -len(".base_layer")]
+            if param == "weight" and path in layers:
+                value = (value.float() + _delta(*_lora_pair(layers[path]))).to(value.dtype)
+            key = f"{path}.{param}"
+        state[key] = value.detach()
+    return state
+
+
+def metadata(kind: str, *, base_hash: str, base_name: str, steps: int, config_json: str, extra=None) -> dict[str, str]:
+    """Common safetensors metadata of our outputs (all values str)."""
+    meta = {"kind": kind, "base_model_sha256": base_hash, "base_model": base_name, "steps": str(steps),
+            "train_config": config_json, **(extra or {})}
+    return {META_PREFIX + k: str(v) for k, v in meta.items()}
+
+
+def export_lora(student: Student, path: str | os.PathLike, meta: dict[str, str], rank: int, alpha: float,
+                dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write the ComfyUI LoRA of a LoRA-mode student (atomic); returns the path."""
+    tensors = comfy_lora_state_dict(student.dit, dtype)
+    if not any(k.endswith(".lora_down.weight") for k in tensors):
+        raise ValueError("the student has no LoRA adapters (model.mode is 'full'?); export the full student instead")
+    extra = {f"{META_PREFIX}lora_rank": str(rank), f"{META_PREFIX}lora_alpha": str(alpha),
+             f"{META_PREFIX}full_modules": json.dumps(list(FULL_MODULES))}
+    save_safetensors_atomic(tensors, path, metadata={**meta, **extra})
+    return Path(path)
+
+
+def export_student(student: Student, path: str | os.PathLike, meta: dict[str, str],
+                   dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write the full student DiT (adapters merged) in `dtype`; `load_dit(path)` reads it back."""
+    state = merged_state_dict(student.dit)
+    dit = dit_from_state_dict({k: v.to("cpu") for k, v in state.items()}, student.dit.config, dtype=dtype)
+    save_dit(dit, path, metadata=meta)
+    return Path(path)
+
+
+def plain_dit(student_dit: nn.Module) -> SanaSprintDiT:
+    """A plain SanaSprintDiT (fp32, CPU) equal to the adapted student DiT."""
+    state = {k: v.to("cpu") for k, v in merged_state_dict(student_dit).items()}
+    return dit_from_state_dict(state, student_dit.config, dtype=torch.float32)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The safetensors metadata of a file we wrote."""
+    return dict(resolve_checkpoint(path).metadata)
+

@@ -1,0 +1,80 @@
+"""Loss CSV (append per step, truncated on resume) and a loss plot PNG drawn with PIL."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLUMNS = ("step", "phase", "loss_scm", "loss_adv", "loss_d", "loss_fm", "grad_norm", "lr", "skipped")
+_COLORS = {"loss_scm": (31, 119, 180), "loss_adv": (255, 127, 14), "loss_d": (44, 160, 44), "loss_fm": (214, 39, 40)}
+
+
+class LossLog:
+    """Rows of COLUMNS in a CSV file; rows at or after `keep_before` are dropped when reopening."""
+
+    def __init__(self, path: str | Path, keep_before: int | None = None):
+        self.path = Path(path)
+        rows = read_rows(self.path) if self.path.is_file() else []
+        if keep_before is not None:
+            rows = [r for r in rows if int(r["step"]) < keep_before]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, COLUMNS).writerow({k: row.get(k, "") for k in COLUMNS})
+
+    def read(self) -> list[dict]:
+        return read_rows(self.path)
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a loss CSV as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _series(rows: list[dict], column: str) -> list[tuple[int, float]]:
+    out = []
+    for r in rows:
+        if r.get(column) not in ("", None) and math.isfinite(float(r[column])):
+            out.append((int(r["step"]), float(r[column])))
+    return out
+
+
+def _smooth(values: list[float], beta: float = 0.9) -> list[float]:
+    out, avg = [], None
+    for v in values:
+        avg = v if avg is None else beta * avg + (1 - beta) * v
+        out.append(avg)
+    return out
+
+
+def plot_losses(csv_path: str | Path, png_path: str | Path, size: tuple[int, int] = (900, 500)) -> Path:
+    """One panel per loss column (EMA-smoothed line over the raw points), written to png_path."""
+    rows = read_rows(csv_path)
+    panels = [(c, s) for c in _COLORS if (s := _series(rows, c))]
+    w, h = size
+    img = Image.new("RGB", (w, max(1, len(panels)) * h // 2), "white")
+    draw = ImageDraw.Draw(img)
+    for k, (column, pts) in enumerate(panels):
+        top, bottom, left, right = k * h // 2 + 20, (k + 1) * h // 2 - 25, 60, w - 20
+        steps, vals = [p[0] for p in pts], [p[1] for p in pts]
+        lo, hi = min(vals), max(vals)
+        hi = hi if hi > lo else lo + 1.0
+        s0, s1 = steps[0], max(steps[-1], steps[0] + 1)
+        xy = lambda s, v: (left + (right - left) * (s - s0) / (s1 - s0), bottom - (bottom - top) * (v - lo) / (hi - lo))  # noqa: E731
+        draw.rectangle([left, top, right, bottom], outline=(120, 120, 120))
+        light = tuple(min(255, c + 150) for c in _COLORS[column])
+        draw.line([xy(s, v) for s, v in pts], fill=light, width=1)
+        draw.line([xy(s, v) for s, v in zip(steps, _smooth(vals))], fill=_COLORS[column], width=2)
+        draw.text((left, top - 15), f"{column}  (steps {s0}-{steps[-1]}, last {vals[-1]:.4g})", fill=(0, 0, 0))
+        draw.text((2, top), f"{hi:.3g}", fill=(0, 0, 0))
+        draw.text((2, bottom - 10), f"{lo:.3g}", fill=(0, 0, 0))
+    img.save(png_path)
+    return Path(png_path)
