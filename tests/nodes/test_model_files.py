@@ -1,0 +1,55 @@
+"""Model listings from ComfyUI's folders: files, diffusers folders, pipeline folders; resolution errors."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def files(pack, tmp_path, monkeypatch):
+    """model_files with the 'vae' and 'diffusion_models' folders pointed at an empty tmp folder."""
+    module = pack.nodes.model_files
+    fp = module.folder_paths
+    for name in ("vae", "diffusion_models"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setitem(fp.folder_names_and_paths, name, ([str(tmp_path / name)], fp.supported_pt_extensions))
+    return module, tmp_path
+
+
+def _touch(path, text="x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_listing_has_files_and_model_folders_once(files):
+    module, root = files
+    _touch(root / "vae" / "single.safetensors")
+    _touch(root / "vae" / "notes.txt")
+    _touch(root / "vae" / "dcae" / "config.json")
+    _touch(root / "vae" / "dcae" / "diffusion_pytorch_model.safetensors")
+    _touch(root / "vae" / "pipe" / "model_index.json")
+    _touch(root / "vae" / "pipe" / "vae" / "config.json")
+    _touch(root / "vae" / "pipe" / "vae" / "diffusion_pytorch_model.safetensors")
+    _touch(root / "vae" / "empty" / "config.json")  # config without weights: not a model
+    assert module.list_models(module.VAE) == ["dcae", "pipe", "pipe/vae", "single.safetensors"]
+
+
+def test_resolve_maps_pipeline_folders_for_the_vae_only(files):
+    module, root = files
+    for folder in ("vae", "diffusion_models"):
+        _touch(root / folder / "pipe" / "model_index.json")
+    _touch(root / "vae" / "pipe" / "vae" / "config.json")
+    _touch(root / "diffusion_models" / "pipe" / "transformer" / "config.json")
+    assert module.resolve(module.VAE, "pipe") == root / "vae" / "pipe" / "vae"
+    assert module.resolve(module.DIT, "pipe") == root / "diffusion_models" / "pipe"  # load_dit reads pipelines
+
+
+def test_missing_and_outside_names(files):
+    module, root = files
+    with pytest.raises(FileNotFoundError, match=r"DC-AE autoencoder 'x' not found in ComfyUI's 'vae' folder"):
+        module.resolve(module.VAE, "x")
+    message = module.check_available(module.DIT, "Sana.safetensors")
+    assert "Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers" in message
+    assert "e.g. 'Sana_Sprint_1.6B_1024px_diffusers/transformer'" in message and "nothing is downloaded" in message
+    with pytest.raises(ValueError, match="points outside the 'vae' folder"):
+        module.resolve(module.VAE, "../diffusion_models/x")
