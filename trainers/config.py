@@ -60,7 +60,7 @@ class PrepareConfig:
     lr: float = 1e-5
     logit_mean: float = 0.0  # SANA's logit-normal flow time (weighting_scheme logit_normal)
     logit_std: float = 1.0
-    save_every: int = 1000
+    caption_dropout: float = 0.1  # keep the teacher's CFG: captions replaced by the empty prompt (SANA 0.1)
 
 
 @dataclass
