@@ -121,7 +121,8 @@ DCAE_LATENT_RGB_BIAS = None
 # ComfyUI's model management before decoding so it frees room; an estimate, not a measurement.
 DCAE_BYTES_PER_PIXEL_PER_DTYPE_BYTE = 128 * 6
 # Where the shipped workflows expect the public weights, relative to ComfyUI's model folders
-# (diffusion_models, text_encoders, vae): the layouts the repositories above download into.
-COMFY_DIT_NAME = "Sana_Sprint_1.6B_1024px_diffusers/transformer"
+# (diffusion_models, text_encoders, vae); entries of model_files.KINDS. The DiT folder holds the
+# transformer (config.json + weights) or the diffusers pipeline (model_index.json + transformer/).
+COMFY_DIT_NAME = "Sana_Sprint_1.6B_1024px_diffusers"
 COMFY_TEXT_ENCODER_NAME = "gemma-2-2b-it"
 COMFY_VAE_NAME = "dc-ae-f32c32-sana-1.1-diffusers"
