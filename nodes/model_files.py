@@ -16,36 +16,30 @@ from pathlib import Path
 
 import folder_paths
 
-from ..sana_sprint_core.constants import (
-    COMFY_DIT_NAME, COMFY_TEXT_ENCODER_NAME, COMFY_VAE_NAME, HF_DCAE, HF_GEMMA, HF_SPRINT_1600M, HF_SPRINT_600M,
-)
+from ..sana_sprint_core import model_files as core_files
+from ..sana_sprint_core.constants import COMFY_DIT_NAME, COMFY_TEXT_ENCODER_NAME, COMFY_VAE_NAME
 
 _WEIGHT_SUFFIXES = (".safetensors", ".sft", ".bin", ".pth", ".pt", ".ckpt")
 
 
 @dataclass(frozen=True)
 class ModelKind:
-    """One kind of model file: its ComfyUI folder, pipeline subfolder, example name and sources."""
+    """One kind of model: its ComfyUI folder, pipeline subfolder, workflow name and known downloads."""
 
     folder: str
     component: str
     example: str
     what: str
-    download: str
+    known: tuple  # core model_files.ModelFile entries: public names and where to download them
     # True when the core loader needs the component subfolder of a pipeline folder (DC-AE); the DiT
     # and Gemma loaders read pipeline folders themselves (Gemma also needs tokenizer/ beside it).
     pipeline_subfolder: bool = False
 
 
-DIT = ModelKind(
-    "diffusion_models", "transformer", COMFY_DIT_NAME, "SANA-Sprint DiT",
-    f"the transformer/ folder of {HF_SPRINT_1600M} (or {HF_SPRINT_600M})")
-TEXT_ENCODER = ModelKind(
-    "text_encoders", "text_encoder", COMFY_TEXT_ENCODER_NAME, "Gemma-2 text encoder",
-    f"the whole repository {HF_GEMMA}")
-VAE = ModelKind(
-    "vae", "vae", COMFY_VAE_NAME, "DC-AE autoencoder",
-    f"the whole repository {HF_DCAE}", pipeline_subfolder=True)
+DIT = ModelKind("diffusion_models", "transformer", COMFY_DIT_NAME, "SANA-Sprint DiT", core_files.DIT_FILES)
+TEXT_ENCODER = ModelKind("text_encoders", "text_encoder", COMFY_TEXT_ENCODER_NAME, "Gemma-2 text encoder",
+                         core_files.TEXT_ENCODER_FILES)
+VAE = ModelKind("vae", "vae", COMFY_VAE_NAME, "DC-AE autoencoder", core_files.VAE_FILES, pipeline_subfolder=True)
 
 
 def _is_model_folder(path: Path, component: str) -> bool:
@@ -78,12 +72,13 @@ def list_models(kind: ModelKind) -> list[str]:
 
 
 def missing_message(kind: ModelKind, name: str) -> str:
-    """What is missing, where ComfyUI looked, and which public repository to download from."""
-    roots = ", ".join(folder_paths.get_folder_paths(kind.folder)) or f"models/{kind.folder}"
-    return (f"{kind.what} {name!r} not found in ComfyUI's '{kind.folder}' folder ({roots}). Expected the "
-            f"file or folder '{name}' there, e.g. '{kind.example}': download {kind.download} from "
-            f"https://huggingface.co into models/{kind.folder}/ (see the README); nothing is downloaded "
-            f"automatically.")
+    """What is missing, where ComfyUI looked, and what to download from which public repository."""
+    roots = folder_paths.get_folder_paths(kind.folder)
+    where = roots[0] if roots else f"models/{kind.folder}"
+    known = "; ".join(entry.hint(where) for entry in kind.known)
+    return (f"{kind.what} {name!r} not found in ComfyUI's '{kind.folder}' folder ({', '.join(roots)}). Expected "
+            f"the file or folder '{name}' there; the workflows use '{kind.example}'. Download one of: {known}. "
+            f"Nothing is downloaded automatically.")
 
 
 def resolve(kind: ModelKind, name: str) -> Path:

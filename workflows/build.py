@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 API_DIR = HERE / "api"
 
 # Public weights in ComfyUI's model folders (sana_sprint_core.constants COMFY_*_NAME; a test checks).
-DIT_NAME = "Sana_Sprint_1.6B_1024px_diffusers/transformer"
+DIT_NAME = "Sana_Sprint_1.6B_1024px_diffusers"
 TEXT_ENCODER_NAME = "gemma-2-2b-it"
 VAE_NAME = "dc-ae-f32c32-sana-1.1-diffusers"
 PROMPT = "a tiny astronaut hatching from an egg on the moon, detailed, cinematic light"

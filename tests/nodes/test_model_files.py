@@ -50,6 +50,12 @@ def test_missing_and_outside_names(files):
         module.resolve(module.VAE, "x")
     message = module.check_available(module.DIT, "Sana.safetensors")
     assert "Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers" in message
-    assert "e.g. 'Sana_Sprint_1.6B_1024px_diffusers/transformer'" in message and "nothing is downloaded" in message
+    assert "'Sana_Sprint_1.6B_1024px_diffusers'" in message and "Nothing is downloaded" in message
     with pytest.raises(ValueError, match="points outside the 'vae' folder"):
         module.resolve(module.VAE, "../diffusion_models/x")
+
+
+def test_workflow_names_are_known_downloads(pack):
+    module = pack.nodes.model_files
+    for kind in (module.DIT, module.TEXT_ENCODER, module.VAE):
+        assert kind.example in [entry.name for entry in kind.known], kind.folder
