@@ -41,8 +41,15 @@ def make_accelerator(cfg: Config):
     if cfg.train.distributed == "fsdp":
         raise ValueError("train.distributed 'fsdp' is not supported yet (the JVP needs unsharded student weights); "
                          "use 'ddp', LoRA mode, or the adafactor optimizer to save memory")
+    import os
+
     kwargs = DistributedDataParallelKwargs(find_unused_parameters=False)
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[kwargs])
+    cpu = not torch.cuda.is_available()  # without cpu=True accelerate treats CPU workers as independent runs
+    acc = Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[kwargs], cpu=cpu)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if acc.num_processes != world:
+        raise RuntimeError(f"launched with WORLD_SIZE={world} but accelerate set up {acc.num_processes} process(es)")
+    return acc
 
 
 def make_optimizer(params: list, cfg: Config, lr: float) -> torch.optim.Optimizer:
@@ -144,9 +151,18 @@ def iteration(run: Run, step: int) -> dict:
     return row
 
 
+def check_in_sync(run: Run) -> None:
+    """Raise if the processes' trainable weights differ (a DDP bug would show here first)."""
+    total = sum(p.detach().double().sum() for p in run.g_params + run.d_params)
+    sums = run.acc.gather(torch.as_tensor(total, dtype=torch.float64, device=run.acc.device).reshape(1))
+    if not torch.all(sums == sums[0]):
+        raise RuntimeError(f"processes hold different weights (checksums {sums.tolist()})")
+
+
 def save(run: Run, next_step: int) -> Path | None:
     """Checkpoint `next_step` (the first step a resume runs); every rank writes its RNG states."""
     acc = run.acc
+    check_in_sync(run)
     tmp = ckpt.checkpoint_dir(run.out, next_step).with_suffix(".tmp")
     if acc.is_main_process:
         ckpt.begin(run.out, next_step)
