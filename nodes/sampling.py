@@ -114,7 +114,9 @@ class SanaSprintSampler(io.ComfyNode):
                 *schedule_inputs()[:1],
                 io.Float.Input("guidance", default=DEFAULT_GUIDANCE, min=0.0, max=20.0, step=0.1,
                                tooltip="Distilled guidance scale fed to the model's guidance embedder "
-                                       "(4.5 as trained). No second pass: the cost does not change."),
+                                       "(4.5 as trained). No second pass: the cost does not change. (A "
+                                       "'guidance' on the conditioning, e.g. from FluxGuidance, is used by "
+                                       "SamplerCustomAdvanced/KSampler, not by this node.)"),
                 *schedule_inputs()[1:],
             ],
             outputs=[io.Latent.Output(tooltip="Denoised latent for SanaSprintVAEDecode.")],
