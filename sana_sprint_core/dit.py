@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,6 +29,20 @@ def layer_norm(x: Tensor, eps: float) -> Tensor:
     return F.layer_norm(x, (x.shape[-1],), eps=eps)
 
 
+class BlockInputs(NamedTuple):
+    """What every block sees besides the image tokens (handed to a `block_hook`)."""
+
+    y: Tensor  # (B, L, D) projected, normalised caption
+    bias: Tensor | None  # (B, 1, 1, L) additive caption-mask bias
+    t0: Tensor  # (B, 6D) adaLN-single conditioning
+    hw: tuple[int, int]  # token grid (H/p, W/p)
+
+
+# hook(i, h, inputs) runs after block i with its output h (B, N, D); it returns residuals for later
+# block inputs ({j: tokens}, j > i) or None. The NVlabs ControlNet starts its stream this way.
+BlockHook = Callable[[int, Tensor, BlockInputs], "Mapping[int, Tensor] | None"]
+
+
 class SanaBlock(nn.Module):
     """adaLN-single block: modulated linear self-attn, plain cross-attn, modulated GLUMBConv."""
 
@@ -40,7 +57,9 @@ class SanaBlock(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor, bias: Tensor | None, t0: Tensor, hw: tuple[int, int]) -> Tensor:
         """x (B, N, D) image tokens, y (B, L, D) caption, t0 (B, 6D) adaLN-single conditioning."""
-        mod = self.scale_shift_table[None] + t0.unflatten(1, (6, -1))  # (B, 6, D)
+        # cast at use: a host's low-VRAM offload may leave this non-leaf parameter on another device
+        table = self.scale_shift_table.to(device=t0.device, dtype=t0.dtype)
+        mod = table[None] + t0.unflatten(1, (6, -1))  # (B, 6, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
         h = (layer_norm(x, self.eps) * (1 + scale_msa) + shift_msa).to(x.dtype)
         x = x + gate_msa * self.attn1(h)
@@ -88,12 +107,14 @@ class SanaSprintDiT(nn.Module):
         context: Tensor,
         context_mask: Tensor | None = None,
         guidance: Tensor | None = None,
-        block_residuals: dict[int, Tensor] | None = None,
+        block_residuals: Mapping[int, Tensor] | None = None,
+        block_hook: BlockHook | None = None,
     ) -> Tensor:
         """x (B, C, H, W), timestep tau (B,), context (B, L, caption_channels), mask (B, L) -> (B, C, H, W).
 
         `block_residuals` maps a block index i to tokens (B, N, D) added to the input of block i
-        (the ControlNet injection point).
+        (the ControlNet injection point); i == num_layers is the input of the final layer.
+        `block_hook` (see BlockHook) may add more residuals after each block.
         """
         b, _, height, width = x.shape
         p = self.config.patch_size
@@ -102,10 +123,16 @@ class SanaSprintDiT(nn.Module):
         t0, c = self.embed_conditions(timestep, guidance, h.dtype)
         y = self.caption_norm(self.caption_projection(context))
         bias = mask_to_bias(context_mask, h.dtype)
+        depth = len(self.transformer_blocks)
+        residuals = _checked_residuals({}, block_residuals, -1, depth)
         for i, block in enumerate(self.transformer_blocks):
-            if block_residuals is not None and i in block_residuals:
-                h = h + block_residuals[i]
+            if i in residuals:
+                h = h + residuals.pop(i)
             h = self._run_block(block, h, y, bias, t0, hw)
+            if block_hook is not None:
+                residuals = _checked_residuals(residuals, block_hook(i, h, BlockInputs(y, bias, t0, hw)), i, depth)
+        if depth in residuals:
+            h = h + residuals.pop(depth)
         return self.unpatchify(self.final_layer(h, c), hw)
 
     def _run_block(self, block, h, y, bias, t0, hw):
@@ -115,7 +142,8 @@ class SanaSprintDiT(nn.Module):
 
     def final_layer(self, h: Tensor, c: Tensor) -> Tensor:
         """T2I final layer: modulated by c (time + CFG embedding, before t_block), then Linear."""
-        shift, scale = (self.scale_shift_table[None] + c[:, None]).chunk(2, dim=1)  # (B, 1, D) each
+        table = self.scale_shift_table.to(device=c.device, dtype=c.dtype)  # cast at use, as in SanaBlock
+        shift, scale = (table[None] + c[:, None]).chunk(2, dim=1)  # (B, 1, D) each
         return self.proj_out(layer_norm(h, 1e-6) * (1 + scale) + shift)
 
     def unpatchify(self, h: Tensor, hw: tuple[int, int]) -> Tensor:
@@ -123,6 +151,22 @@ class SanaSprintDiT(nn.Module):
         p, c = self.config.patch_size, self.config.out_channels
         h = h.reshape(h.shape[0], hw[0], hw[1], p, p, c).permute(0, 5, 1, 3, 2, 4)  # (B, C, h, p, w, p)
         return h.reshape(h.shape[0], c, hw[0] * p, hw[1] * p)
+
+
+def _checked_residuals(
+    into: dict[int, Tensor], new: Mapping[int, Tensor] | None, after: int, depth: int
+) -> dict[int, Tensor]:
+    """`into` plus `new` (summed where both have an index); new indices must lie in (after, depth]."""
+    if not new:
+        return into
+    bad = sorted(i for i in new if not after < i <= depth)
+    if bad:
+        raise ValueError(f"residual block indices {bad} are out of range: expected {after + 1}..{depth} "
+                         f"(block inputs; {depth} = the final layer's input) for a {depth}-layer DiT")
+    out = dict(into)
+    for i, r in new.items():
+        out[i] = out[i] + r if i in out else r
+    return out
 
 
 def set_cross_attention(model: nn.Module, impl: str) -> None:

@@ -31,14 +31,14 @@ class ModelFile:
 
 # Default first: the workflows and the CLI use these names.
 DIT_FILES = (
+    ModelFile("Sana_Sprint_1.6B_1024px_diffusers", "diffusion_models", HF_SPRINT_1600M,
+              "the transformer/ folder (config.json + diffusion_pytorch_model*.safetensors)"),
     ModelFile("Sana_Sprint_1.6B_1024px.pth", "diffusion_models", HF_SPRINT_1600M_NVLABS,
               "checkpoints/Sana_Sprint_1.6B_1024px.pth"),
-    ModelFile("Sana_Sprint_1.6B_1024px_diffusers", "diffusion_models", HF_SPRINT_1600M,
+    ModelFile("Sana_Sprint_0.6B_1024px_diffusers", "diffusion_models", HF_SPRINT_600M,
               "the transformer/ folder (config.json + diffusion_pytorch_model*.safetensors)"),
     ModelFile("Sana_Sprint_0.6B_1024px.pth", "diffusion_models", HF_SPRINT_600M_NVLABS,
               "checkpoints/Sana_Sprint_0.6B_1024px.pth"),
-    ModelFile("Sana_Sprint_0.6B_1024px_diffusers", "diffusion_models", HF_SPRINT_600M,
-              "the transformer/ folder (config.json + diffusion_pytorch_model*.safetensors)"),
 )
 TEXT_ENCODER_FILES = (
     ModelFile("gemma-2-2b-it", "text_encoders", HF_GEMMA, "the whole repository (config, tokenizer, safetensors)"),
