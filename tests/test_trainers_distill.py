@@ -63,7 +63,8 @@ def test_lora_run_two_steps(workspace):
 
 
 def test_full_run_two_steps(workspace):
-    cfg = trainer_config(workspace, model={"mode": "full"}, train={"export_dtype": "bf16"})
+    cfg = trainer_config(workspace, model={"mode": "full"}, optim={"optimizer": "adafactor"},
+                         train={"export_dtype": "bf16"})
     out = train(config_from_dict(cfg))
     assert all(torch.isfinite(torch.tensor(float(v))) for r in losses_of(out) for v in r[1:] if v)
     assert not (out / LORA_FILE).exists()
@@ -99,5 +100,7 @@ def test_cli_dry_run_and_errors(workspace, tmp_path, capsys):
         train(config_from_dict(trainer_config(workspace, train={"resume": "latest", "output_dir": str(tmp_path / "new")})))
     with pytest.raises(ValueError, match="outside the teacher's 3 blocks"):
         train(config_from_dict(trainer_config(workspace, distill={"head_blocks": [2, 8]})))
+    with pytest.raises(ValueError, match="'fsdp' is not supported yet"):
+        train(config_from_dict(trainer_config(workspace, train={"distributed": "fsdp"})))
     with pytest.raises(ValueError, match="model.teacher is empty"):
         train(config_from_dict(trainer_config(workspace, model={"teacher": ""})))

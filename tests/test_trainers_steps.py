@@ -9,7 +9,7 @@ from tests.fixtures.distill import one_thread  # noqa: F401 (fixture)
 from tests.fixtures.distill import tiny_batch, tiny_teacher
 from trainers.config import DistillConfig, ModelConfig
 from trainers.discriminator import Discriminator
-from trainers.steps import Draws, Nets, discriminator_step, generator_step, scm_target
+from trainers.steps import Draws, Nets, apply_update, discriminator_step, generator_step, scm_target
 from trainers.student import build_pair
 
 CFG = DistillConfig(head_blocks=[0, 2], tangent_warmup_steps=10)
@@ -105,3 +105,17 @@ def test_misaligned_pairs_extend_the_fake_batch(monkeypatch):
     monkeypatch.setattr(disc, "forward", lambda *sets: sizes.append([s[0].shape[0] for s in sets]) or original(*sets))
     discriminator_step(nets, tiny_batch(2), CFG, Draws(torch.Generator().manual_seed(1), "cpu"))
     assert sizes == [[2, 4]]
+
+
+def test_apply_update_clips_and_skips_non_finite_steps():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=1.0)
+    p.grad = torch.tensor([3.0, 4.0, 0.0])
+    norm, applied = apply_update(opt, [p], 0.5)
+    assert applied and norm == pytest.approx(5.0)
+    torch.testing.assert_close(p.detach(), torch.tensor([1 - 0.3, 1 - 0.4, 1.0]))  # clipped to norm 0.5
+    assert p.grad is None
+    p.grad = torch.tensor([float("nan"), 1.0, 0.0])
+    before = p.detach().clone()
+    norm, applied = apply_update(opt, [p], 0.5)
+    assert not applied and torch.equal(p.detach(), before) and p.grad is None
