@@ -56,3 +56,14 @@ def test_missing_and_bad_files(tmp_path):
     (tmp_path / "c.toml").write_text("")
     with pytest.raises(ValueError, match="must end in .yaml, .yml or .json"):
         load_config(tmp_path / "c.toml")
+
+
+def test_example_configs_load():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "trainers" / "configs"
+    files = sorted(folder.glob("*.yaml"))
+    assert len(files) == 3
+    for path in files:
+        cfg = load_config(path)
+        assert cfg.train.mixed_precision == "bf16" and cfg.model.teacher

@@ -52,10 +52,10 @@ def make_accelerator(cfg: Config):
     return acc
 
 
-def make_optimizer(params: list, cfg: Config, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(params: list, cfg: Config, lr: float, kind: str | None = None) -> torch.optim.Optimizer:
     """AdamW, or torch's Adafactor (factored second moments, no first moment: the memory-lean choice)."""
     o = cfg.optim
-    if o.optimizer == "adafactor":  # lr is relative to each parameter's RMS (torch.optim.Adafactor)
+    if (kind or o.optimizer) == "adafactor":  # lr is relative to each parameter's RMS (torch.optim.Adafactor)
         return torch.optim.Adafactor(params, lr=lr, weight_decay=o.weight_decay)
     return torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 

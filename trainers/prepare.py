@@ -73,7 +73,7 @@ def prepare_teacher(cfg: Config, acc) -> Path:
     dit = load_dit(cfg.model.teacher, dtype=torch.float32, overrides=cfg.model.teacher_overrides or None)
     dit = to_sprint_teacher(dit).to(acc.device).train()
     dit.gradient_checkpointing = cfg.model.gradient_checkpointing
-    opt = make_optimizer(list(dit.parameters()), cfg, cfg.prepare.lr)
+    opt = make_optimizer(list(dit.parameters()), cfg, cfg.prepare.lr, cfg.prepare.optimizer)
     dit_w, opt = acc.prepare(dit, opt)
     stream = BatchStream(CachedDataset(cfg.data.cache_dir), cfg.train.batch_size, cfg.train.seed,
                          acc.process_index, acc.num_processes)
