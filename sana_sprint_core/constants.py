@@ -80,6 +80,28 @@ HF_DCAE = "mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers"
 # `MAX_HEADER_SIZE = 100_000_000`); a larger length field means the file is something else.
 SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
 
+# --- DC-AE (sana_sprint_model.md section 4) -------------------------------------------------------
+# RMSNorm2d eps of every DC-AE norm (efficientvit TritonRMSNorm2d default; diffusers RMSNorm(1e-5)).
+DCAE_NORM_EPS = 1e-5
+# Normaliser eps of the ReLU linear attention (efficientvit LiteMLA `eps=1.0e-15`).
+DCAE_ATTN_EPS = 1e-15
+# Head width of the multiscale linear attention (efficientvit EfficientViTBlock `dim=32`;
+# diffusers `attention_head_dim=32`). Only needed when a checkpoint has no multiscale branch.
+DCAE_HEAD_DIM = 32
+# GLUMBConv hidden width = 4 x channels (efficientvit `expand_ratio=4`).
+DCAE_GLU_EXPAND = 4
+# Each stage transition halves (encoder) or doubles (decoder) the resolution.
+DCAE_STAGE_FACTOR = 2
+# Default tiles: decode in 16x16-latent (512 px) tiles overlapping by 4 latents (128 px);
+# encode in 512 px tiles overlapping by 128 px. Chosen for memory, not taken from upstream.
+DCAE_DECODE_TILE = 16
+DCAE_DECODE_OVERLAP = 4
+DCAE_ENCODE_TILE = 512
+DCAE_ENCODE_OVERLAP = 128
+# Images handed to `encode` must lie in [0, 1]; values this far outside are rejected as a likely
+# [-1, 1] or [0, 255] mix-up.
+IMAGE_RANGE_TOLERANCE = 1e-3
+
 # --- GEMMA2_2B: gemma-2-2b(-it) settings that tensor shapes do not reveal -----------------------------
 # (Appended by the text-encoder helper; used by text_encoder.py when a weights file comes without a
 # config.json. Source: config.json of google/gemma-2-2b-it, which equals transformers' Gemma2Config
