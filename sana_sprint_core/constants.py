@@ -148,3 +148,17 @@ DCAE_BYTES_PER_PIXEL_PER_DTYPE_BYTE = 128 * 6
 COMFY_DIT_NAME = "Sana_Sprint_1.6B_1024px_diffusers"
 COMFY_TEXT_ENCODER_NAME = "gemma-2-2b-it"
 COMFY_VAE_NAME = "dc-ae-f32c32-sana-1.1-diffusers"
+
+# --- Live preview and scribble pad (nodes/live.py, web/) --------------------------------------------
+# Side of the scribble pad's default canvas: SANA-Sprint's 1024px training resolution.
+SCRIBBLE_PAD_DEFAULT_SIZE = 1024
+# Canvas sides are multiples of the DC-AE downscale (LATENT_DOWNSCALE, 32) within these bounds, so a
+# scribble maps onto a latent grid without resizing. The upper bound equals the empty latent node's.
+SCRIBBLE_PAD_MIN_SIZE = 64
+SCRIBBLE_PAD_MAX_SIZE = 4096
+# Subfolder of ComfyUI's input folder that the pad's canvas uploads its PNGs into. The frontend has
+# the same value in web/lib/constants.js (a test checks that both agree).
+SCRIBBLE_PAD_UPLOAD_SUBFOLDER = "sana_sprint"
+# Prompts whose per-stage wall times (text encode, sampling, decode) the timing log keeps for the
+# live preview node; older prompts are dropped first. A prompt is read back within the same run.
+LATENCY_PROMPTS_KEPT = 16
