@@ -11,6 +11,7 @@ from ..sana_sprint_core.text_cache import PromptCache
 from ..sana_sprint_core.text_encoder import encode_prompt
 from .comfy_model import MASK_KEY
 from .loaders import TextEncoderType
+from .timing import timed
 
 # Shared by every SanaSprintTextEncode node of the process: a prompt seen before (by any node, with
 # the same encoder file, dtype, device and options) costs no Gemma forward.
@@ -40,7 +41,9 @@ class SanaSprintTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_encoder, text, complex_human_instruction) -> io.NodeOutput:
-        encoder = text_encoder.load()
-        embeds, mask = encode_prompt(encoder, text, chi=complex_human_instruction, cache=PROMPT_CACHE)
-        out = mm.intermediate_device()
-        return io.NodeOutput([[embeds.to(out), {MASK_KEY: mask.to(out)}]])
+        with timed("text_encode"):
+            encoder = text_encoder.load()
+            embeds, mask = encode_prompt(encoder, text, chi=complex_human_instruction, cache=PROMPT_CACHE)
+            out = mm.intermediate_device()
+            embeds, mask = embeds.to(out), mask.to(out)
+        return io.NodeOutput([[embeds, {MASK_KEY: mask}]])

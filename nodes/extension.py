@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .conditioning import SanaSprintTextEncode
 from .latents import SanaSprintEmptyLatent
+from .live import SanaSprintLivePreview, SanaSprintScribblePad
 from .loaders import SanaSprintDiTLoader, SanaSprintTextEncoderLoader, SanaSprintVAELoader
 from .sampling import SanaSprintSampler, SanaSprintSCMSampler, SanaSprintSigmas
 from .vae import SanaSprintVAEDecode, SanaSprintVAEEncode
@@ -13,7 +14,7 @@ from .vae import SanaSprintVAEDecode, SanaSprintVAEEncode
 NODES: list[type[io.ComfyNode]] = [
     SanaSprintDiTLoader, SanaSprintTextEncoderLoader, SanaSprintVAELoader, SanaSprintTextEncode,
     SanaSprintEmptyLatent, SanaSprintSampler, SanaSprintSCMSampler, SanaSprintSigmas,
-    SanaSprintVAEDecode, SanaSprintVAEEncode,
+    SanaSprintVAEDecode, SanaSprintVAEEncode, SanaSprintLivePreview, SanaSprintScribblePad,
 ]
 
 

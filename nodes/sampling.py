@@ -26,6 +26,7 @@ from ..sana_sprint_core.constants import (
 )
 from ..sana_sprint_core.sampler import check_timesteps, sample, sprint_timesteps
 from .comfy_model import sana_dit
+from .timing import timed
 
 CATEGORY = "SanaSprint/sampling"
 MAX_STEPS = 4
@@ -125,21 +126,30 @@ class SanaSprintSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, latent_image, seed, steps, guidance, max_timestep,
                 intermediate_timestep, denoise, timesteps=None) -> io.NodeOutput:
-        dit = sana_dit(model, "SanaSprintSampler")
-        embeds, mask, _ = single_conditioning(positive, "SanaSprintSampler")
-        times = schedule(steps, max_timestep, intermediate_timestep, timesteps, denoise)
-        fmt = model.get_model_object("latent_format")
-        samples = latent_image["samples"]
-        mm.load_models_gpu([model])
-        device = model.load_device
-        callback = _progress_callback(len(times) - 1, fmt)
-        x0 = sample(dit, embeds.to(device), None if mask is None else mask.to(device),
-                    width=samples.shape[-1] * LATENT_DOWNSCALE, height=samples.shape[-2] * LATENT_DOWNSCALE,
-                    guidance=guidance, seed=seed, timesteps=times, latent=fmt.process_in(samples.to(device)),
-                    callback=callback)
-        out = {k: v for k, v in latent_image.items() if k != "samples"}  # keep batch_index etc.
-        out["samples"] = fmt.process_out(x0).to(mm.intermediate_device())
+        with timed("sampling"):
+            out = _sample_node(model, positive, latent_image, seed, steps, guidance, max_timestep,
+                               intermediate_timestep, denoise, timesteps)
         return io.NodeOutput(out)
+
+
+def _sample_node(model, positive, latent_image, seed, steps, guidance, max_timestep, intermediate_timestep,
+                 denoise, timesteps) -> dict:
+    """SanaSprintSampler's work: the LATENT dict (raw DC-AE units) of the sampled latents."""
+    dit = sana_dit(model, "SanaSprintSampler")
+    embeds, mask, _ = single_conditioning(positive, "SanaSprintSampler")
+    times = schedule(steps, max_timestep, intermediate_timestep, timesteps, denoise)
+    fmt = model.get_model_object("latent_format")
+    samples = latent_image["samples"]
+    mm.load_models_gpu([model])
+    device = model.load_device
+    callback = _progress_callback(len(times) - 1, fmt)
+    x0 = sample(dit, embeds.to(device), None if mask is None else mask.to(device),
+                width=samples.shape[-1] * LATENT_DOWNSCALE, height=samples.shape[-2] * LATENT_DOWNSCALE,
+                guidance=guidance, seed=seed, timesteps=times, latent=fmt.process_in(samples.to(device)),
+                callback=callback)
+    out = {k: v for k, v in latent_image.items() if k != "samples"}  # keep batch_index etc.
+    out["samples"] = fmt.process_out(x0).to(mm.intermediate_device())
+    return out
 
 
 def _progress_callback(total: int, latent_format):

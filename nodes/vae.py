@@ -15,6 +15,7 @@ from ..sana_sprint_core.constants import DCAE_BYTES_PER_PIXEL_PER_DTYPE_BYTE, LA
 from ..sana_sprint_core.dcae import decode, encode
 from .comfy_model import SanaLatentFormat
 from .loaders import VaeType
+from .timing import timed
 
 CATEGORY = "SanaSprint/vae"
 TILING = {"auto": "auto", "off": False, "on": True}
@@ -51,9 +52,11 @@ class SanaSprintVAEDecode(io.ComfyNode):
     @classmethod
     def execute(cls, samples, vae, tiled) -> io.NodeOutput:
         latents = samples["samples"]
-        model = _load(vae, latents.shape[0] * latents.shape[-2] * latents.shape[-1] * LATENT_DOWNSCALE**2)
-        images = decode(model, SanaLatentFormat().process_in(latents), tiled=TILING[tiled])
-        return io.NodeOutput(images.movedim(1, -1).to(mm.intermediate_device()))  # (B, H, W, 3)
+        with timed("decode"):
+            model = _load(vae, latents.shape[0] * latents.shape[-2] * latents.shape[-1] * LATENT_DOWNSCALE**2)
+            images = decode(model, SanaLatentFormat().process_in(latents), tiled=TILING[tiled])
+            images = images.movedim(1, -1).to(mm.intermediate_device())  # (B, H, W, 3)
+        return io.NodeOutput(images)
 
 
 class SanaSprintVAEEncode(io.ComfyNode):

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from tests.nodes import stubs_io
+
 # --------------------------------------------------------------------------------------------------
 # comfy_api.latest (io, ui, ComfyExtension)
 
@@ -120,7 +122,16 @@ class NodeOutput:
         return self.args[index]
 
 
+class Hidden(str, enum.Enum):
+    unique_id = "UNIQUE_ID"
+    prompt = "PROMPT"
+    extra_pnginfo = "EXTRA_PNGINFO"
+    dynprompt = "DYNPROMPT"
+
+
 class ComfyNode:
+    hidden = None  # ComfyUI sets a HiddenHolder on the per-run clone; None on the class itself
+
     @classmethod
     def define_schema(cls) -> Schema:
         raise NotImplementedError
@@ -145,6 +156,7 @@ def Custom(io_type: str) -> type:
 def _make_io() -> types.ModuleType:
     io = types.ModuleType("comfy_api.latest.io")
     io.Schema, io.NodeOutput, io.ComfyNode, io.Custom = Schema, NodeOutput, ComfyNode, Custom
+    io.Hidden = Hidden
     io.Int, io.Float = _io_type("INT", _IntInput), _io_type("FLOAT", _FloatInput)
     io.String, io.Boolean = _io_type("STRING", _StringInput), _io_type("BOOLEAN", _BooleanInput)
     io.Combo = _io_type("COMBO", _ComboInput)
@@ -171,6 +183,8 @@ class ManagementState:
     interrupt: bool = False
     progress: list = field(default_factory=list)  # (value, total, preview)
     on_progress: Any = None  # called with (value, total) after each update, like the server's hook
+    previews: list = field(default_factory=list)  # image tensors given to ui.PreviewImage
+    texts: list = field(default_factory=list)  # (text, node_id) sent with PromptServer.send_progress_text
 
 
 STATE = ManagementState()
@@ -423,6 +437,7 @@ def _make_folder_paths(models_dir: Path) -> types.ModuleType:
 
     fp.get_folder_paths, fp.get_filename_list, fp.add_model_folder_path = (
         get_folder_paths, get_filename_list, add_model_folder_path)
+    stubs_io.add_io_folders(fp, models_dir.parent / f"{models_dir.name}_io")
     return fp
 
 
@@ -433,10 +448,12 @@ def build_modules(models_dir: Path) -> dict[str, types.ModuleType]:
     """Every stub module by its import name; install with patch.dict(sys.modules, ...)."""
     mods = {name: types.ModuleType(name) for name in (
         "comfy_api", "comfy_api.latest", "comfy", "comfy.utils", "comfy.conds", "comfy.latent_formats",
-        "comfy.model_base", "comfy.supported_models_base", "comfy.model_patcher", "comfy.samplers", "server")}
+        "comfy.model_base", "comfy.supported_models_base", "comfy.model_patcher", "comfy.samplers", "server",
+        "comfy_execution")}
     io = _make_io()
     latest = mods["comfy_api.latest"]
     latest.io, latest.ui, latest.ComfyExtension = io, types.ModuleType("comfy_api.latest.ui"), ComfyExtension
+    latest.ui.PreviewImage = stubs_io.preview_image_class(STATE)
     mods["comfy_api"].latest = latest
     mods["comfy.model_management"] = _make_model_management()
     mods["comfy.ops"] = _make_ops()
@@ -447,7 +464,9 @@ def build_modules(models_dir: Path) -> dict[str, types.ModuleType]:
     mods["comfy.supported_models_base"].BASE = BASE
     mods["comfy.model_patcher"].ModelPatcher = ModelPatcher
     mods["comfy.samplers"].KSAMPLER = KSAMPLER
-    mods["server"].PromptServer = type("PromptServer", (), {"instance": None})
+    mods["server"].PromptServer = type("PromptServer", (), {"instance": stubs_io.PromptServerStub(STATE)})
+    mods["comfy_execution.utils"] = stubs_io.execution_utils()
+    mods["comfy_execution"].utils = mods["comfy_execution.utils"]
     for name, module in mods.items():
         if name.startswith("comfy."):
             setattr(mods["comfy"], name.split(".", 1)[1], module)
@@ -460,6 +479,8 @@ def reset_state() -> None:
     STATE.progress.clear()
     STATE.interrupt = False
     STATE.on_progress = None
+    STATE.previews.clear()
+    STATE.texts.clear()
 
 
 __all__ = ["build_modules", "reset_state", "STATE", "InterruptProcessingException"]
