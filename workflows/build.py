@@ -25,6 +25,7 @@ TEXT_ENCODER_NAME = "gemma-2-2b-it"
 VAE_NAME = "dc-ae-f32c32-sana-1.1-diffusers"
 PROMPT = "a tiny astronaut hatching from an egg on the moon, detailed, cinematic light"
 IMG2IMG_PROMPT = "a watercolor painting of a lighthouse on a cliff at sunset"
+LIVE_PROMPT = "a cozy cabin in a snowy forest at dusk, warm light in the windows"
 INPUT_IMAGE = "example.png"
 SEED = 42
 
@@ -68,6 +69,7 @@ SPECS: dict[str, Spec] = {
                                 (("IMAGE", "IMAGE"),)),
     "SanaSprintVAEEncode": Spec((_sock("pixels", "IMAGE"), _sock("vae", "SANA_VAE"), In("tiled", "COMBO")),
                                 (("LATENT", "LATENT"),)),
+    "SanaSprintLivePreview": Spec((_sock("images", "IMAGE"),), ()),
     # ComfyUI core nodes (checked against the real /object_info by tests/e2e).
     "SaveImage": Spec((_sock("images", "IMAGE"), In("filename_prefix", "STRING")), ()),
     "LoadImage": Spec((In("image", "COMBO", upload=True),), (("IMAGE", "IMAGE"), ("MASK", "MASK"))),
@@ -82,6 +84,7 @@ class Node:
     pos: tuple[int, int]
     title: str | None = None
     extra: dict = field(default_factory=dict)
+    size: tuple[int, int] = (320, 130)
 
 
 def _loaders() -> list[Node]:
@@ -133,11 +136,30 @@ def image_to_image() -> list[Node]:
     ]
 
 
+def live_text_to_image() -> list[Node]:
+    """Text-to-image for live mode: 1 step (the fastest), the image shown by SanaSprintLivePreview.
+
+    Switch on "Live" in the preview node: every edit of the prompt re-runs the graph; the loaders
+    and unchanged nodes come from ComfyUI's cache. Nothing is written to the output folder.
+    """
+    return [
+        *_loaders(),
+        Node(4, "SanaSprintTextEncode", {"text_encoder": (2, 0), "text": LIVE_PROMPT,
+                                         "complex_human_instruction": True}, (420, 200), size=(380, 200)),
+        Node(5, "SanaSprintEmptyLatent", {"width": 1024, "height": 1024, "batch_size": 1,
+                                          "aspect_ratio": "1:1 (1024x1024)"}, (420, 460)),
+        _sampler(1, (5, 0), 1.0),
+        Node(7, "SanaSprintVAEDecode", {"samples": (6, 0), "vae": (3, 0), "tiled": "auto"}, (1180, 60)),
+        Node(8, "SanaSprintLivePreview", {"images": (7, 0)}, (1180, 220), size=(520, 600)),
+    ]
+
+
 WORKFLOWS = {
     "sana_sprint_1step_text_to_image": lambda: text_to_image(1),
     "sana_sprint_2step_text_to_image": lambda: text_to_image(2),
     "sana_sprint_4step_text_to_image": lambda: text_to_image(4),
     "sana_sprint_img2img": image_to_image,
+    "sana_sprint_live_text_to_image": live_text_to_image,
 }
 
 
@@ -176,7 +198,7 @@ def to_ui(nodes: list[Node]) -> dict:
                   for s, i in enumerate(x for x in spec.inputs if not x.widget)]
         outputs = [{"name": name, "type": t, "links": [l[0] for l in links if l[1] == node.id and l[2] == s],
                     "slot_index": s} for s, (name, t) in enumerate(spec.outputs)]
-        entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": [320, 130], "flags": {},
+        entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
                  "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
                  "properties": {"Node name for S&R": node.type}, "widgets_values": widget_values(node)}
         ui_nodes.append(entry)

@@ -32,7 +32,7 @@ PACK = "ComfyUI-SanaSprint"
 WORKFLOWS = REPO / "workflows"
 NODE_IDS = ("SanaSprintDiTLoader", "SanaSprintTextEncoderLoader", "SanaSprintVAELoader", "SanaSprintTextEncode",
             "SanaSprintEmptyLatent", "SanaSprintSampler", "SanaSprintSCMSampler", "SanaSprintSigmas",
-            "SanaSprintVAEDecode", "SanaSprintVAEEncode")
+            "SanaSprintVAEDecode", "SanaSprintVAEEncode", "SanaSprintLivePreview", "SanaSprintScribblePad")
 IMG2IMG_SIZE = (256, 192)  # width, height of the generated input image
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -115,7 +115,7 @@ def test_workflow_templates_are_listed_and_served(server):
     listed = server.get("/workflow_templates")
     ui_names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     assert sorted(listed[PACK]) == ui_names
-    assert len(ui_names) == 4
+    assert len(ui_names) == 5
     for name in ui_names:
         status, body = server.get_bytes(f"/api/workflow_templates/{PACK}/{name}.json")
         assert status == 200 and json.loads(body)["version"] == 0.4

@@ -34,7 +34,7 @@ UI = {p.stem: json.loads(p.read_text()) for p in sorted(WORKFLOWS.glob("*.json")
 
 def test_committed_files_equal_the_generator_output():
     files = build.render()
-    assert len(files) == 8
+    assert len(files) == 10
     for path, text in files.items():
         assert path.read_text() == text, f"{path} is stale: run python workflows/build.py"
     assert sorted(API) == sorted(UI) == sorted(build.WORKFLOWS)
@@ -105,7 +105,7 @@ def test_api_workflow_fits_the_node_definitions(nodes, name):
                 src, slot = value
                 assert src in API[name] and isinstance(slot, int), (node_id, inp.id)
         if hasattr(nodes[node["class_type"]], "validate_inputs"):
-            widget = next(i.id for i in schema.inputs if i.io_type == "COMBO")
+            widget = next(i.id for i in schema.inputs if i.io_type in ("COMBO", "SANA_SCRIBBLE"))
             assert nodes[node["class_type"]].validate_inputs(node["inputs"][widget]) is True
 
 
@@ -122,6 +122,11 @@ def _execute(prompt: dict, nodes: dict, input_image: torch.Tensor) -> dict:
             if node["class_type"] == "LoadImage":
                 outputs[key] = (input_image, torch.zeros(input_image.shape[:3]))
             elif node["class_type"] == "SaveImage":
+                saved[key] = inputs["images"]
+                outputs[key] = ()
+            elif node["class_type"] == "SanaSprintLivePreview":  # an output node: shows instead of saving
+                ui = nodes[node["class_type"]].execute(**inputs).ui
+                assert ui["images"] and ui["images"][0]["type"] == "temp"
                 saved[key] = inputs["images"]
                 outputs[key] = ()
             else:
