@@ -150,7 +150,7 @@ def build(model: str, mode: str, optimizer: str):
     return pair, disc, trainable, list(frozen.values()), blocks
 
 
-def measure(model: str, mode: str, optimizer: str, batch: int, resolution: int) -> dict:
+def measure(model: str, mode: str, optimizer: str, batch: int, resolution: int, rounds: int = 2) -> dict:
     """Two G and two D iterations on fake tensors (bf16 autocast); the peak of live bytes, by category."""
     with FakeTensorMode(allow_non_fake_inputs=True):
         pair, disc, trainable, frozen, blocks = build(model, mode, optimizer)
@@ -161,7 +161,7 @@ def measure(model: str, mode: str, optimizer: str, batch: int, resolution: int) 
         for t in [*trainable, *frozen, *disc.parameters(), *disc.buffers()]:
             tracker.add(t)
         with tracker:
-            for step in range(2):  # the second round runs with the optimiser states allocated
+            for step in range(rounds):  # the second round runs with the optimiser states allocated
                 for phase in ("G", "D"):
                     data = fake_batch(batch, resolution)
                     draws = Draws(torch.Generator().manual_seed(step), "cpu")
@@ -181,7 +181,8 @@ def measure(model: str, mode: str, optimizer: str, batch: int, resolution: int) 
     step_transient = step_transient if optimizer == "adamw" else 0
     return {"model": model, "mode": mode, "optimizer": optimizer, "batch": batch, "resolution": resolution,
             "peak_gib": round(tracker.peak / GIB, 3), "optimizer_step_transient_gib": round(step_transient / GIB, 3),
-            "at_peak_gib": {k: round(v / GIB, 3) for k, v in tracker.at_peak.items()}}
+            "at_peak_gib": {k: round(v / GIB, 3) for k, v in tracker.at_peak.items()},
+            "at_peak_bytes": dict(tracker.at_peak)}
 
 
 def main() -> None:
@@ -196,6 +197,7 @@ def main() -> None:
     t0 = time.time()
     result = measure(args.model, args.mode, args.optimizer, args.batch, args.resolution)
     result["seconds"] = round(time.time() - t0, 1)
+    result.pop("at_peak_bytes")
     print(json.dumps(result))
     if args.json:
         with open(args.json, "a") as f:
