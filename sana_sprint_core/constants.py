@@ -149,6 +149,37 @@ COMFY_DIT_NAME = "Sana_Sprint_1.6B_1024px_diffusers"
 COMFY_TEXT_ENCODER_NAME = "gemma-2-2b-it"
 COMFY_VAE_NAME = "dc-ae-f32c32-sana-1.1-diffusers"
 
+# --- ControlNet and HED scribbles (sana_sprint_model.md 5.1-5.3) ---------------------------------
+# Copied blocks of the Sana ControlNet (NVlabs `copy_blocks_num = 7`; diffusers `num_layers=7`).
+CONTROLNET_BLOCKS = 7
+# HED annotator weights: lllyasviel's Apache-2.0 `ControlNetHED_Apache2` network, file
+# `ControlNetHED.pth` of https://huggingface.co/lllyasviel/Annotators (the file NVlabs'
+# HEDdetector and controlnet_aux load). Looked up under models/<HED_MODEL_FOLDER>/.
+HF_ANNOTATORS = "lllyasviel/Annotators"
+HED_FILE_NAME = "ControlNetHED.pth"
+HED_MODEL_FOLDER = "annotators"
+# HED works at a short side of `detect_resolution` rounded to multiples of 64 (controlnet_aux
+# util.resize_image). Default: the 1024 px generation size, as NVlabs' demo passes min(h, w) of the bin.
+HED_SIZE_MULTIPLE = 64
+HED_DEFAULT_DETECT_RESOLUTION = 1024
+# Scribble post-processing of NVlabs `get_scribble_map` (tools/controlnet/utils.py) on edges in [0, 1]:
+# nms(edges, 127, 3.0): Gaussian blur sigma 3, keep directional 3x3 maxima, threshold > 127 of 255.
+SCRIBBLE_NMS_SIGMA = 3.0
+SCRIBBLE_NMS_THRESHOLD = 127 / 255
+# then GaussianBlur(sigma 3) of the uint8 map and map > 4 -> 255: on the rounded uint8 blur that is
+# blur >= 4.5 of 255.
+SCRIBBLE_BLUR_SIGMA = 3.0
+SCRIBBLE_BLUR_THRESHOLD = 4.5 / 255
+# OpenCV's Gaussian kernel size for ksize (0, 0): round(sigma * 4 * 2 + 1) | 1 for float images (the
+# nms blur) and round(sigma * 3 * 2 + 1) | 1 for uint8 images (the second blur): 25 and 19 at sigma 3.
+SCRIBBLE_NMS_KERNEL = 25
+SCRIBBLE_BLUR_KERNEL = 19
+# Thickness: 0 -> erode with 4x4 ones; 1 -> unchanged; t > 1 -> dilate with (t // 2)^2 ones.
+# Training draws t uniformly from 0..24 (`random.randint(0, 24)`); the demo slider defaults to 2.
+SCRIBBLE_ERODE_SIZE = 4
+SCRIBBLE_DEFAULT_THICKNESS = 2
+SCRIBBLE_TRAIN_THICKNESS_MAX = 24
+
 # --- Live preview and scribble pad (nodes/live.py, web/) --------------------------------------------
 # Side of the scribble pad's default canvas: SANA-Sprint's 1024px training resolution.
 SCRIBBLE_PAD_DEFAULT_SIZE = 1024
