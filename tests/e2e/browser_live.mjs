@@ -1,0 +1,190 @@
+// Browser end to end of live mode, driven by tests/e2e/test_browser_live.py (which starts ComfyUI).
+//
+//   node tests/e2e/browser_live.mjs --url http://127.0.0.1:PORT --workflow workflows/x.json \
+//        --playwright /path/with/node_modules --chromium /usr/bin/chromium --screenshot out.png
+//
+// Opens ComfyUI in headless Chromium (playwright-core), loads the live workflow, switches "Live"
+// on, types into the prompt and draws on a scribble pad, and checks that a new image appears in
+// the live preview nodes each time without the Queue button being used. Prints one JSON line with
+// what it saw; exits non-zero on a failed check.
+
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+const HEADLESS_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+const RUN_TIMEOUT_MS = 120000;
+
+function args() {
+  const out = {};
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i += 2) out[argv[i].replace(/^--/, "")] = argv[i + 1];
+  for (const key of ["url", "workflow", "playwright", "chromium", "screenshot"]) {
+    if (!out[key]) throw new Error(`missing --${key}`);
+  }
+  return out;
+}
+
+function check(condition, message) {
+  if (!condition) throw new Error(`check failed: ${message}`);
+}
+
+/** The image file a live preview node shows now ("" if none). */
+async function shownImage(page, nodeId) {
+  return page.evaluate((id) => window.comfyAPI.app.app.nodeOutputs[String(id)]?.images?.[0]?.filename ?? "", nodeId);
+}
+
+async function waitForNewImage(page, nodeId, previous, what) {
+  await page.waitForFunction(
+    ([id, prev]) => {
+      const name = window.comfyAPI.app.app.nodeOutputs[String(id)]?.images?.[0]?.filename ?? "";
+      return name !== "" && name !== prev;
+    },
+    [nodeId, previous], { timeout: RUN_TIMEOUT_MS, polling: 100 });
+  const name = await shownImage(page, nodeId);
+  check(name !== previous, `${what}: a new image in node ${nodeId}`);
+  return name;
+}
+
+async function loadWorkflow(page, workflow) {
+  return page.evaluate(async (graph) => {
+    const { app } = window.comfyAPI.app;
+    await app.loadGraphData(graph, true, true, "live test", {
+      showMissingModelsDialog: false, showMissingNodesDialog: false,
+    });
+    const find = (type) => app.graph.nodes.find((n) => n.comfyClass === type)?.id;
+    return { live: find("SanaSprintLivePreview"), encode: find("SanaSprintTextEncode"), pad: find("SanaSprintScribblePad") };
+  }, workflow);
+}
+
+/** Adds a scribble pad wired to a second live preview (the shipped scribble workflow needs ControlNet). */
+async function addScribbleBranch(page) {
+  return page.evaluate(() => {
+    const { app } = window.comfyAPI.app;
+    const { LiteGraph } = window;
+    const pad = LiteGraph.createNode("SanaSprintScribblePad");
+    pad.pos = [40, 620];
+    app.graph.add(pad);
+    for (const name of ["width", "height"]) pad.widgets.find((w) => w.name === name).value = 256;
+    pad.setSize([420, 520]);
+    const live = LiteGraph.createNode("SanaSprintLivePreview");
+    live.pos = [500, 620];
+    app.graph.add(live);
+    live.setSize([360, 420]);
+    pad.connect(0, live, 0);
+    app.graph.setDirtyCanvas(true, true);
+    return { pad: pad.id, live: live.id };
+  });
+}
+
+async function liveToggle(page, nodeId) {
+  await page.evaluate(() => window.SanaSprintLive.refresh()); // labels each switch with its node id
+  return page.locator(`input.sana-live-toggle[data-node-id="${nodeId}"]`);
+}
+
+async function runs(page) {
+  return page.evaluate(() => ({ ...window.SanaSprintLive.queue.stats }));
+}
+
+async function main() {
+  const opt = args();
+  const require = createRequire(join(resolve(opt.playwright), "noop.js"));
+  const { chromium } = require("playwright-core");
+  const profile = mkdtempSync(join(tmpdir(), "sana-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: opt.chromium, headless: true, args: HEADLESS_FLAGS, viewport: { width: 1600, height: 1000 },
+  });
+  const result = {};
+  try {
+    const page = context.pages()[0] ?? (await context.newPage());
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e.stack ?? String(e)));
+    await page.goto(opt.url, { waitUntil: "domcontentloaded" });
+    // the app, our extension, and the node definitions from /object_info
+    await page.waitForFunction(() => window.comfyAPI?.app?.app?.graph && window.SanaSprintLive
+      && window.LiteGraph?.registered_node_types?.SanaSprintLivePreview, null, { timeout: RUN_TIMEOUT_MS });
+    const ids = await loadWorkflow(page, JSON.parse(readFileSync(opt.workflow, "utf8")));
+    check(ids.live !== undefined && ids.encode !== undefined, "the workflow has a live preview and a prompt");
+    await page.evaluate(() => {
+      const { ds } = window.comfyAPI.app.app.canvas;
+      ds.scale = 0.7;
+      ds.offset = [20, 20];
+    });
+
+    // 1. Live on: the graph runs without Queue being pressed.
+    await (await liveToggle(page, ids.live)).check();
+    result.first = await waitForNewImage(page, ids.live, "", "Live switched on");
+
+    // 2. Type into the prompt: one new image after the typing burst, earlier runs coalesced.
+    const before = await runs(page);
+    const prompt = page.locator(".dom-widget textarea").first();
+    await prompt.click();
+    await prompt.press("End");
+    await page.keyboard.type(" under northern lights", { delay: 40 });
+    result.typed = await waitForNewImage(page, ids.live, result.first, "typing into the prompt");
+    const after = await runs(page);
+    result.runsWhileTyping = after.submitted - before.submitted;
+    check(result.runsWhileTyping >= 1 && result.runsWhileTyping <= 4, `typing 22 keys queued ${result.runsWhileTyping} runs`);
+    const text = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).widgets
+      .find((w) => w.name === "text").value, ids.encode);
+    check(text.endsWith(" under northern lights"), "the prompt widget holds the typed text");
+
+    // 2b. Type again while that run is on the server: the stale run is interrupted and only the
+    // newest text is run to the end.
+    const beforeStale = await runs(page);
+    await page.keyboard.type(", snow", { delay: 40 });
+    await page.waitForFunction(() => window.SanaSprintLive.queue.inFlight !== null, null,
+      { timeout: RUN_TIMEOUT_MS, polling: 20 });
+    await page.keyboard.type(" and stars", { delay: 40 });
+    result.afterStale = await waitForNewImage(page, ids.live, result.typed, "typing during a run");
+    await page.waitForFunction(() => window.SanaSprintLive.queue.inFlight === null, null, { timeout: RUN_TIMEOUT_MS });
+    const afterStale = await runs(page);
+    result.interruptedRuns = afterStale.interrupted - beforeStale.interrupted;
+    check(result.interruptedRuns === 1, `typing during a run interrupted ${result.interruptedRuns} runs`);
+    result.finalText = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).widgets
+      .find((w) => w.name === "text").value, ids.encode);
+
+    // 3. Draw a stroke on a scribble pad feeding a second live preview.
+    const branch = ids.pad !== undefined ? { pad: ids.pad, live: ids.live } : await addScribbleBranch(page);
+    if (ids.pad === undefined) await (await liveToggle(page, branch.live)).check();
+    const canvas = page.locator("canvas.sana-scribble-canvas").first();
+    await canvas.waitFor({ state: "visible", timeout: RUN_TIMEOUT_MS });
+    const shownBefore = await waitForNewImage(page, branch.live, "", "the scribble branch with Live on");
+    const box = await canvas.boundingBox();
+    await page.mouse.move(box.x + box.width * 0.25, box.y + box.height * 0.3);
+    await page.mouse.down();
+    for (let i = 1; i <= 12; i++) {
+      await page.mouse.move(box.x + box.width * (0.25 + 0.04 * i), box.y + box.height * (0.3 + 0.03 * i));
+    }
+    await page.mouse.up();
+    result.drawn = await waitForNewImage(page, branch.live, shownBefore, "drawing a stroke");
+    result.scribble = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).widgets
+      .find((w) => w.name === "scribble").value, branch.pad);
+    check(/^sana_sprint\/scribble_256x256_[0-9a-f]{16}\.png$/.test(result.scribble), `scribble value ${result.scribble}`);
+    result.stats = await runs(page);
+    result.stepPreviews = await page.evaluate(() => ({ ...window.SanaSprintLive.stepPreviews }));
+    result.liveNodes = [ids.live, branch.live];
+    // errors thrown by this pack's modules (the frontend has unrelated startup errors of its own)
+    result.pageErrors = errors.filter((e) => e.includes("/extensions/"));
+    result.latency = await page.evaluate(() => [...document.querySelectorAll(".sana-live-latency")]
+      .map((e) => e.textContent));
+    await page.evaluate(() => {
+      const { app } = window.comfyAPI.app;
+      app.canvas.deselectAll?.();
+      app.graph.setDirtyCanvas(true, true);
+    });
+    await page.waitForTimeout(1000); // past the debounce, so the status line is settled
+    await page.screenshot({ path: opt.screenshot });
+    console.log(JSON.stringify(result));
+  } finally {
+    await context.close();
+    rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(err?.stack ?? String(err));
+  process.exit(1);
+});

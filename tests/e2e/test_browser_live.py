@@ -1,0 +1,121 @@
+"""Browser end to end of live mode (opt-in): ComfyUI's real frontend in headless Chromium.
+
+    COMFYUI_DIR=/path/to/ComfyUI SANA_BROWSER_E2E=1 PLAYWRIGHT_CORE_DIR=/path/with/node_modules \
+        /path/to/comfy-venv/bin/python -m pytest tests/e2e/test_browser_live.py -v
+
+Needs Debian's chromium (CHROMIUM, default /usr/bin/chromium), Node.js and playwright-core from npm
+installed outside the repository (`npm install --prefix /path playwright-core`; PLAYWRIGHT_CORE_DIR
+is that path). The test starts ComfyUI with tiny random models, opens the page, loads the live
+text-to-image workflow, switches Live on, types into the prompt and draws a stroke on a scribble
+pad, and checks that each time a new image appears in the live preview node without Queue being
+pressed (tests/e2e/browser_live.mjs). The screenshot goes to docs/images/live_preview.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.comfy_server import ComfyServer
+
+REPO = Path(__file__).resolve().parents[2]
+PACK = "ComfyUI-SanaSprint"
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+PLAYWRIGHT_DIR = os.environ.get("PLAYWRIGHT_CORE_DIR", "")
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+NODE = shutil.which("node")
+SCREENSHOT = REPO / "docs" / "images" / "live_preview.png"
+WORKFLOW = REPO / "workflows" / "sana_sprint_live_text_to_image.json"
+
+pytestmark = [
+    pytest.mark.skipif(not COMFYUI_DIR or os.environ.get("SANA_BROWSER_E2E") != "1",
+                       reason="opt-in: set COMFYUI_DIR and SANA_BROWSER_E2E=1 (see docs/testing.md)"),
+    pytest.mark.skipif(NODE is None, reason="node (Node.js >= 20) is not installed"),
+]
+
+# No first-run template browser or dialogs over the canvas.
+SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
+            "Comfy.Workflow.ShowMissingNodesWarning": False, "Comfy.Minimap.Visible": False}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tests.fixtures.comfy_models import write_tiny_models
+
+    if not (Path(PLAYWRIGHT_DIR) / "node_modules" / "playwright-core").is_dir():
+        pytest.fail(f"PLAYWRIGHT_CORE_DIR={PLAYWRIGHT_DIR!r} has no node_modules/playwright-core; "
+                    "run `npm install --prefix <dir> playwright-core` outside the repository")
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM}; `apt-get install chromium` or set CHROMIUM")
+    base = tmp_path_factory.mktemp("comfy_base_browser")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
+    write_tiny_models(base / "models")
+    srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log")
+    try:
+        srv.wait_ready("SanaSprintLivePreview")
+        status, answer = srv.post("/settings", SETTINGS)
+        assert status == 200, answer
+        srv.base = base
+        yield srv
+    finally:
+        srv.stop()
+        print(f"\n--- ComfyUI log (tail) ---\n{srv.log_tail(40)}")
+
+
+def _history_images(server, node_id: str) -> set[str]:
+    names = set()
+    for entry in server.get("/history").values():
+        for item in entry.get("outputs", {}).get(str(node_id), {}).get("images", []):
+            names.add(item["filename"])
+    return names
+
+
+def test_live_preview_updates_on_typing_and_drawing_without_queue(server):
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [NODE, str(REPO / "tests" / "e2e" / "browser_live.mjs"), "--url", server.url, "--workflow", str(WORKFLOW),
+           "--playwright", PLAYWRIGHT_DIR, "--chromium", CHROMIUM, "--screenshot", str(SCREENSHOT)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{server.log_tail(40)}"
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(seen, indent=1))
+
+    # Different images, each produced by a run that live mode queued (and the server ran).
+    assert len({seen["first"], seen["typed"], seen["afterStale"], seen["drawn"]}) == 4
+    text_live, pad_live = seen["liveNodes"]
+    assert {seen["first"], seen["typed"], seen["afterStale"]} <= _history_images(server, text_live)
+    assert seen["drawn"] in _history_images(server, pad_live)
+    assert 1 <= seen["runsWhileTyping"] <= 4  # 22 keystrokes, debounced and coalesced
+    # Typing during a run interrupted that stale run on the server; the last image is of the final text.
+    assert seen["interruptedRuns"] == 1
+    history = server.get("/history")
+    interrupted = [pid for pid, h in history.items()
+                   if any(m[0] == "execution_interrupted" for m in h["status"]["messages"])]
+    assert len(interrupted) == 1 and text_live not in {int(k) for k in history[interrupted[0]]["outputs"]}
+    last = max(history.values(), key=lambda h: h["prompt"][0] if str(text_live) in h["outputs"] else -1)
+    assert last["outputs"][str(text_live)]["images"][0]["filename"] in (seen["afterStale"], seen["drawn"])
+    encode = next(n for n in last["prompt"][2].values() if n["class_type"] == "SanaSprintTextEncode")
+    assert encode["inputs"]["text"] == seen["finalText"] and seen["finalText"].endswith(", snow and stars")
+    # the sampler's per-step previews were shown in the prompt branch's live node (one per run and
+    # step; the workflow samples in 1 step), and none in the scribble branch, which has no sampler
+    assert seen["stepPreviews"].get(str(text_live), 0) >= 2 and str(pad_live) not in seen["stepPreviews"]
+    assert seen["stats"]["rejected"] == 0 and seen["pageErrors"] == []
+    # the stage times shown above each live image: all measured for the prompt branch (the typed
+    # prompt re-ran text encode), none for the scribble-only branch
+    text_latency, pad_latency = seen["latency"]
+    assert re.fullmatch(r"text encode \d+ ms \| sampling \d+ ms \| decode \d+ ms \| model time \d+ ms", text_latency)
+    assert pad_latency == "text encode cached | sampling cached | decode cached | model time 0 ms"
+
+    # The stroke was uploaded as a PNG into input/sana_sprint/ and decodes to white strokes on black.
+    from sana_sprint_core.scribble_pad import read_scribble
+
+    grey = read_scribble(server.base / "input" / seen["scribble"], 256, 256)
+    assert 0.01 < float((grey > 0.5).float().mean()) < 0.5
+    assert set(grey.unique().tolist()) <= {0.0, 1.0}
+    assert SCREENSHOT.stat().st_size > 10_000
