@@ -319,7 +319,14 @@ app.registerExtension({
     };
   },
   loadedGraphNode(node) {
-    pads.get(node)?.syncSize();
+    const pad = pads.get(node);
+    if (!pad) return;
+    pad.syncSize();
+    const brush = Number(node.properties?.sana_brush);
+    if (brush >= MIN_BRUSH_SIZE && brush <= MAX_BRUSH_SIZE) { // the saved brush size
+      pad.size.value = String(brush);
+      pad.setBrush(brush);
+    }
   },
   setup() {
     api.addEventListener("executed", ({ detail }) => {
