@@ -119,3 +119,32 @@ def test_apply_update_clips_and_skips_non_finite_steps():
     before = p.detach().clone()
     norm, applied = apply_update(opt, [p], 0.5)
     assert not applied and torch.equal(p.detach(), before) and p.grad is None
+
+
+def test_scm_tangent_is_cos_t_times_the_consistency_derivative():
+    """g (r = 1, before normalisation) = cos t d/dt f(x_t, t) along the teacher's CFG ODE, with
+    f(x, t) = cos t x - sin t sigma_d F(x / sigma_d, t) (sCM consistency function), by finite differences."""
+    from trainers import losses
+
+    pair, _, nets = make(mode="full", dtype=torch.float64)
+    batch = tiny_batch(2, dtype=torch.float64)
+    t = torch.tensor([0.4, 1.1], dtype=torch.float64)
+    w = torch.tensor([4.0, 1.0], dtype=torch.float64)
+    x_t = 0.5 * batch.latents
+    model = pair.student.model
+    with torch.no_grad():
+        f_u = pair.teacher(x_t / 0.5, t, batch.null_text, batch.null_mask)
+        f_c = pair.teacher(x_t / 0.5, t, batch.text, batch.mask)
+        dxdt = losses.teacher_cfg_derivative(f_u, f_c, w)
+        v_x, v_t = losses.scm_jvp_tangents(t, dxdt)
+        f_minus, d_f = torch.func.jvp(lambda a, b: model(a, b, batch.text, batch.mask, w), (x_t / 0.5, t), (v_x, v_t))
+        g = losses.scm_tangent(f_minus, d_f, dxdt, x_t, t, 1.0)
+
+        def consistency(h):
+            x, s = x_t + h * dxdt, t + h
+            cos, sin = torch.cos(s)[:, None, None, None], torch.sin(s)[:, None, None, None]
+            return cos * x - sin * 0.5 * model(x / 0.5, s, batch.text, batch.mask, w)
+
+        eps = 1e-6
+        df_dt = (consistency(eps) - consistency(-eps)) / (2 * eps)
+    torch.testing.assert_close(g, torch.cos(t)[:, None, None, None] * df_dt, rtol=1e-6, atol=1e-8)
