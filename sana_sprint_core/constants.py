@@ -193,3 +193,22 @@ SCRIBBLE_PAD_UPLOAD_SUBFOLDER = "sana_sprint"
 # Prompts whose per-stage wall times (text encode, sampling, decode) the timing log keeps for the
 # live preview node; older prompts are dropped first. A prompt is read back within the same run.
 LATENCY_PROMPTS_KEPT = 16
+
+# --- Distillation trainer (trainers/; reference sana_sprint_model.md section 6) ---------------------
+# Loss weights L_G = SCM_LAMBDA L_sCM + ADV_LAMBDA L_adv (NVlabs yaml `scm_lambda`, `adv_lambda`).
+SCM_LAMBDA, ADV_LAMBDA = 1.0, 0.5
+# Tangent warmup length in iterations (NVlabs Sprint yaml `tangent_warmup_steps: 4000`).
+TANGENT_WARMUP_STEPS = 4000
+# Probability of the max time T_MAX in the LADD / D phase (`largest_timestep_prob: 0.5`).
+LARGEST_TIMESTEP_PROB = 0.5
+# Teacher blocks carrying discriminator heads (`head_block_ids: [2, 8, 14, 19]`).
+DISC_HEAD_BLOCKS = (2, 8, 14, 19)
+# Gradient clipping of G and D (`gradient_clip: 0.1`).
+GRAD_CLIP = 0.1
+# Learning rate of the full fine-tune (NVlabs CAME `lr: 2e-6`).
+LR_FULL = 2e-6
+# New CFG embedder: first linear ~ N(0, 0.02) (NVlabs SanaMS.initialize for cfg_embedder.mlp[0]).
+GUIDANCE_INIT_STD = 0.02
+# StyleGAN-T discriminator head (NVlabs ladd_blocks.py): BatchNormLocal virtual batch, LeakyReLU
+# slope, kernel of the residual conv block.
+DISC_VIRTUAL_BATCH, DISC_LEAKY_SLOPE, DISC_RESIDUAL_KERNEL = 8, 0.2, 9

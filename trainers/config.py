@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sana_sprint_core.constants import (
-    DISC_P_MEAN, DISC_P_STD, MAX_TEXT_TOKENS, SCM_CFG_SCALES, SCM_P_MEAN, SCM_P_STD, TANGENT_NORM_EPS,
+    ADV_LAMBDA, DISC_HEAD_BLOCKS, DISC_P_MEAN, DISC_P_STD, GRAD_CLIP, LARGEST_TIMESTEP_PROB, LR_FULL,
+    MAX_TEXT_TOKENS, SCM_CFG_SCALES, SCM_LAMBDA, SCM_P_MEAN, SCM_P_STD, TANGENT_NORM_EPS, TANGENT_WARMUP_STEPS,
 )
 
 MODES = ("lora", "full")
@@ -32,7 +33,7 @@ DEFAULT_LORA_TARGETS = (
 )
 # Learning rates used when `optim.lr` is left empty: NVlabs full fine-tune (CAME 2e-6); LoRA needs a
 # much larger step on its zero-initialised adapters (a common LoRA value, our choice).
-DEFAULT_LR = {"full": 2e-6, "lora": 1e-4}
+DEFAULT_LR = {"full": LR_FULL, "lora": 1e-4}
 
 
 @dataclass
@@ -86,17 +87,17 @@ class DistillConfig:
 
     scm: bool = True
     ladd: bool = True
-    scm_lambda: float = 1.0
-    adv_lambda: float = 0.5
+    scm_lambda: float = SCM_LAMBDA
+    adv_lambda: float = ADV_LAMBDA
     cfg_scales: list = field(default_factory=lambda: list(SCM_CFG_SCALES))
     p_mean: float = SCM_P_MEAN
     p_std: float = SCM_P_STD
     disc_p_mean: float = DISC_P_MEAN
     disc_p_std: float = DISC_P_STD
-    tangent_warmup_steps: int = 4000
+    tangent_warmup_steps: int = TANGENT_WARMUP_STEPS
     tangent_norm_eps: float = TANGENT_NORM_EPS
-    largest_timestep_prob: float = 0.5  # LADD/D-phase: t = T_MAX with this probability
-    head_blocks: list = field(default_factory=lambda: [2, 8, 14, 19])
+    largest_timestep_prob: float = LARGEST_TIMESTEP_PROB  # LADD/D-phase: t = T_MAX with this probability
+    head_blocks: list = field(default_factory=lambda: list(DISC_HEAD_BLOCKS))
     misaligned_pairs: bool = True
     independent_disc_times: bool = True  # NVlabs diff_timesteps_D
 
@@ -111,7 +112,7 @@ class OptimConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     eps: float = 1e-8
-    grad_clip: float = 0.1
+    grad_clip: float = GRAD_CLIP
     warmup_steps: int = 0  # linear lr warmup over G steps
 
 

@@ -17,10 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-# BatchNormLocal virtual batch size and LeakyReLU slope of the StyleGAN-T head (ladd_blocks.py).
-VIRTUAL_BATCH = 8
-LEAKY_SLOPE = 0.2
-RESIDUAL_KERNEL = 9
+from sana_sprint_core.constants import DISC_LEAKY_SLOPE as LEAKY_SLOPE
+from sana_sprint_core.constants import DISC_RESIDUAL_KERNEL as RESIDUAL_KERNEL
+from sana_sprint_core.constants import DISC_VIRTUAL_BATCH as VIRTUAL_BATCH
 
 
 class BatchNormLocal(nn.Module):

@@ -22,14 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from sana_sprint_core import trigflow
+from sana_sprint_core.constants import GUIDANCE_INIT_STD
 from sana_sprint_core.dit import SanaSprintDiT, set_cross_attention
 from sana_sprint_core.dit_layers import at_least_fp32
 from sana_sprint_core.trigflow_model import TrigFlowModel
 
 from .config import ModelConfig
 
-# NVlabs cfg_embedder.mlp[0] init std (SanaMS.initialize; reference 1.8).
-GUIDANCE_INIT_STD = 0.02
 ADAPTER_NAME = "default"
 
 
