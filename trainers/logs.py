@@ -73,6 +73,9 @@ def plot_losses(csv_path: str | Path, png_path: str | Path, size: tuple[int, int
         light = tuple(min(255, c + 150) for c in _COLORS[column])
         draw.line([xy(s, v) for s, v in pts], fill=light, width=1)
         draw.line([xy(s, v) for s, v in zip(steps, _smooth(vals))], fill=_COLORS[column], width=2)
+        if len(pts) == 1:
+            x, y = xy(*pts[0])
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=_COLORS[column])
         draw.text((left, top - 15), f"{column}  (steps {s0}-{steps[-1]}, last {vals[-1]:.4g})", fill=(0, 0, 0))
         draw.text((2, top), f"{hi:.3g}", fill=(0, 0, 0))
         draw.text((2, bottom - 10), f"{lo:.3g}", fill=(0, 0, 0))
