@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from sana_sprint_core.controlnet import ControlNetConfig, SanaControlNet
-from sana_sprint_core.controlnet_loading import load_controlnet, load_controlnet_base, save_controlnet
+from sana_sprint_core.controlnet_loading import (
+    infer_controlnet_config, load_controlnet, load_controlnet_base, save_controlnet,
+)
 from sana_sprint_core.dit import SanaSprintDiT
 from sana_sprint_core.dit_keys import diffusers_to_ours
 from tests.fixtures.controlnet import randomize_, tiny_diffusers_controlnet, to_nvlabs_controlnet_state_dict
@@ -161,3 +163,15 @@ def test_bad_metadata_config(tmp_path):
               metadata={"sana_sprint_controlnet_config": json.dumps({"wiring": "nvlabs", "layers": 3})})
     with pytest.raises(ValueError, match="metadata 'sana_sprint_controlnet_config' is not a valid ControlNet config"):
         load_controlnet(tmp_path / "m.safetensors")
+
+
+@pytest.mark.parametrize("dim, hidden, heads", [(2240, 5600, (70, 20)), (1152, 2880, (36, 16))])
+def test_released_widths_infer_heads_from_shapes(dim, hidden, heads):
+    shapes = {"input_block.weight": (dim, dim), "transformer_blocks.0.ff.conv_point.weight": (dim, hidden, 1, 1),
+              **{f"transformer_blocks.{j}.scale_shift_table": (6, dim) for j in range(7)}}
+    cfg = infer_controlnet_config(shapes, "nvlabs")
+    assert (cfg.dit.num_heads, cfg.dit.cross_heads, cfg.dit.mlp_ratio, cfg.dit.qk_norm) == (*heads, 2.5, False)
+    assert (cfg.num_blocks, cfg.wiring) == (7, "nvlabs")
+    gap = {k: v for k, v in shapes.items() if not k.startswith("transformer_blocks.3.")}
+    with pytest.raises(ValueError, match=r"blocks must be numbered 0..N-1; found \[0, 1, 2, 4, 5, 6\]"):
+        infer_controlnet_config(gap, "nvlabs")
