@@ -2,7 +2,7 @@
 
     python -m bench.distill_toy [--quick] [--out FILE.json]
 
-Data: 4 classes of 4x8x8 "latents"; each class is a smooth pattern (a class-specific 2-D wave per
+Data: 4 classes of 4x4x4 "latents"; each class is a smooth pattern (a class-specific 2-D wave per
 channel) times a random amplitude, shifted by a random phase, plus small noise, so samples lie near a
 2-parameter manifold per class (clearly multi-modal, unit scale). The caption of a class is a fixed
 random token sequence; the empty prompt is a separate one (CFG's unconditional input).
@@ -10,11 +10,14 @@ random token sequence; the empty prompt is a separate one (CFG's unconditional i
 1. Teacher: a SanaSprintDiT (QK-norm, dense time, no CFG embedder) trained from scratch with the
    trainer's flow-matching step (trainers.prepare.fm_step, caption dropout 0.1).
 2. Students: the real trainer (trainers.distill.train, full mode) on a cache of the data, once with
-   sCM only, once with LADD only, once with both, the same number of iterations each.
+   sCM only, once with LADD only, once with both, with the same number of student (G) updates each
+   (LADD runs alternate G and D iterations, so they run twice as many iterations).
 3. Evaluation at guidance w = EVAL_W, the same noise for everyone: teacher Euler with 1 and 32 steps
    (real CFG), students with 1, 2, 4 sCM steps. Reported: SWD = sliced Wasserstein-1 distance
    between generated and held-out data of the same class (mean over classes; lower is closer to the
-   data) and RMSE to the teacher's 32-step sample from the same noise.
+   data) and RMSE to the teacher's 32-step sample from the same noise. Multistep consistency sampling
+   re-noises with fresh noise between steps, so its 2- and 4-step samples are other samples of the
+   distribution, not the ODE solution of the first noise: for them SWD is the meaningful column.
 """
 
 from __future__ import annotations
@@ -39,14 +42,14 @@ from trainers.prepare import fm_step
 from trainers.steps import Batch, Draws
 from trainers.validation import sample_latents
 
-CLASSES, CHANNELS, SIDE, TOKENS, TEXT_DIM = 4, 4, 8, 4, 16
+CLASSES, CHANNELS, SIDE, TOKENS, TEXT_DIM = 4, 4, 4, 4, 16
 EVAL_W = 1.5
 CONFIG = DiTConfig(hidden_size=64, num_layers=3, num_heads=2, cross_heads=2, in_channels=CHANNELS,
                    out_channels=CHANNELS, caption_channels=TEXT_DIM, guidance_embeds=False, qk_norm=True)
 
 
 def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latents (n, 4, 8, 8), labels (n,)): class waves x amplitude, random phase, small noise."""
+    """(latents (n, 4, 4, 4), labels (n,)): class waves x amplitude, random phase, small noise."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % CLASSES
     yy, xx = torch.meshgrid(torch.arange(SIDE) / SIDE, torch.arange(SIDE) / SIDE, indexing="ij")
@@ -97,15 +100,16 @@ def write_cache(folder: Path, latents, labels, texts, null) -> Path:
     return folder
 
 
-def distill(kind: str, work: Path, steps: int, batch: int) -> SanaSprintDiT:
-    """Run the real trainer (full mode) with sCM, LADD or both; return the exported student."""
+def distill(kind: str, work: Path, g_steps: int, batch: int) -> SanaSprintDiT:
+    """Run the real trainer (full mode) with sCM, LADD or both for `g_steps` student updates."""
+    steps = g_steps if kind == "scm" else 2 * g_steps
     cfg = {
         "model": {"teacher": str(work / "teacher.safetensors"), "mode": "full", "weights_dtype": "fp32",
                   "gradient_checkpointing": False},
         "data": {"cache_dir": str(work / "cache")},
         "distill": {"scm": kind != "ladd", "ladd": kind != "scm", "cfg_scales": [1.0, 1.5, 2.0],
                     "head_blocks": [0, 1, 2], "tangent_warmup_steps": steps // 5},
-        "optim": {"lr": 5e-4, "disc_lr": 5e-4, "grad_clip": 1.0},
+        "optim": {"lr": 3e-4, "disc_lr": 3e-4, "grad_clip": 1.0},
         "train": {"output_dir": str(work / kind), "max_steps": steps, "batch_size": batch, "mixed_precision": "no",
                   "save_every": steps, "validate_every": 0, "export_dtype": "fp32", "seed": 3},
     }
@@ -164,8 +168,8 @@ def generate_all(teacher, students, texts, null, n: int, seed: int = 123):
 
 def run(quick: bool) -> dict:
     torch.set_num_threads(1)  # tiny models: one thread is fastest on a busy 2-core machine
-    sizes = dict(teacher_steps=300, distill_steps=60, batch=16, n_eval=256) if quick else \
-        dict(teacher_steps=1500, distill_steps=500, batch=16, n_eval=512)
+    sizes = dict(teacher_steps=300, student_updates=60, batch=16, n_eval=256) if quick else \
+        dict(teacher_steps=1500, student_updates=1000, batch=32, n_eval=512)
     t0 = time.time()
     latents, labels = make_data(4096, seed=0)
     held_out, held_labels = make_data(sizes["n_eval"], seed=1)
@@ -175,7 +179,7 @@ def run(quick: bool) -> dict:
     save_dit(teacher, work / "teacher.safetensors")
     write_cache(work / "cache", latents, labels, texts, null)
     t_teacher = time.time() - t0
-    students = {kind: distill(kind, work, sizes["distill_steps"], sizes["batch"]) for kind in ("scm", "ladd", "scm+ladd")}
+    students = {kind: distill(kind, work, sizes["student_updates"], sizes["batch"]) for kind in ("scm", "ladd", "scm+ladd")}
     samples, eval_labels = generate_all(teacher, students, texts, null, sizes["n_eval"])
     rows = evaluate(samples, samples["teacher Euler 32 steps"], held_out, held_labels, eval_labels)
     floor = sum(sliced_w1(make_data(sizes["n_eval"], seed=2)[0][held_labels == c], held_out[held_labels == c])
