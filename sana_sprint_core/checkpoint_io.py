@@ -428,3 +428,17 @@ def short_list(items: list[str], limit: int = 8) -> str:
         return "none"
     more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
+
+
+def read_config_json(path: str | os.PathLike, class_name: str) -> dict | None:
+    """The diffusers ``config.json`` in folder ``path`` or beside file ``path`` when its ``_class_name``
+    is ``class_name``; None when there is none or it describes another class."""
+    path = Path(path)
+    cfg_path = (path if path.is_dir() else path.parent) / "config.json"
+    if not cfg_path.is_file():
+        return None
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
+    return cfg if isinstance(cfg, dict) and cfg.get("_class_name") == class_name else None

@@ -28,16 +28,16 @@ import torch
 from safetensors import safe_open
 
 from .checkpoint_io import (
-    TensorSpec, read_state_dict, read_tensor_specs, resolve_checkpoint, save_safetensors_atomic, short_list,
-    strip_prefix,
+    TensorSpec, read_config_json, read_state_dict, read_tensor_specs, resolve_checkpoint, save_safetensors_atomic,
+    short_list, strip_prefix,
 )
 from .controlnet import WIRINGS, ControlNetConfig, SanaControlNet
 from .dit import SanaSprintDiT
 from .dit_config import LINEAR_HEAD_DIM, PRESETS, DiTConfig
 from .dit_keys import DIFFUSERS_ANCHOR, NVLABS_ANCHOR, DiTLayout, describe_foreign, diffusers_to_ours
 from .dit_keys import nvlabs_to_diffusers, split_spec, split_tensor, to_canonical
-from .dit_loading import dit_from_state_dict, resolve_config, resolve_dtype
-from .model_files import ModelFile
+from .dit_loading import check_keys, dit_from_state_dict, resolve_config, resolve_dtype
+from .model_files import CONTROLNET_FILES  # noqa: F401  (re-exported: where to download)
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +50,6 @@ _NV_COPIED = re.compile(r"^controlnet\.(\d+)\.copied_block\.(.*)$")
 _NV_AFTER = re.compile(r"^controlnet\.(\d+)\.after_proj\.(.*)$")
 _BLOCK_INDEX = re.compile(r"^transformer_blocks\.(\d+)\.")
 
-# Released Sana (not Sprint) HED ControlNets, in ComfyUI's models/controlnet (reference 5.1).
-CONTROLNET_FILES = (
-    ModelFile("Sana_1600M_1024px_BF16_ControlNet_HED.pth", "controlnet",
-              "Efficient-Large-Model/Sana_1600M_1024px_BF16_ControlNet_HED",
-              "checkpoints/Sana_1600M_1024px_BF16_ControlNet_HED.pth"),
-)
 
 
 @dataclass(frozen=True)
@@ -154,16 +148,8 @@ def _heads(dim: int, diffusers_config: Mapping | None, source) -> dict:
 
 
 def read_controlnet_config(path: str | os.PathLike) -> dict | None:
-    """The diffusers config.json in folder ``path`` or beside file ``path`` when it is a SanaControlNetModel's."""
-    path = Path(path)
-    cfg_path = (path if path.is_dir() else path.parent) / "config.json"
-    if not cfg_path.is_file():
-        return None
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
-    return cfg if isinstance(cfg, dict) and cfg.get("_class_name") == DIFFUSERS_CLASS else None
+    """The diffusers config.json of a SanaControlNetModel in folder ``path`` or beside file ``path``."""
+    return read_config_json(path, DIFFUSERS_CLASS)
 
 
 def _default_wiring(shapes: Mapping[str, tuple], layout: ControlNetLayout) -> str:
@@ -218,7 +204,7 @@ def load_controlnet(
     target = resolve_dtype(dtype, [cn_specs[k] for k in shapes])
     with torch.device("meta"):
         model = SanaControlNet(config, dtype=target, device="meta", operations=operations)
-    _check_keys({k: tuple(v.shape) for k, v in model.state_dict().items()}, shapes, src)
+    check_keys({k: tuple(v.shape) for k, v in model.state_dict().items()}, shapes, src, what="Sana ControlNet")
     state = _read_selected(info, layout, set(shapes), src)
     model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=True, assign=True)
     return model.to(device).eval()
@@ -259,17 +245,6 @@ def _config_from_metadata(metadata: Mapping[str, str], source) -> ControlNetConf
         return ControlNetConfig.from_dict(json.loads(raw))
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise ValueError(f"{source}: metadata {CONFIG_METADATA_KEY!r} is not a valid ControlNet config: {e}") from e
-
-
-def _check_keys(expected: Mapping[str, tuple], got: Mapping[str, tuple], source) -> None:
-    """Raise ValueError naming missing and unexpected keys, then shape mismatches."""
-    missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{source}: keys do not match the Sana ControlNet; missing {len(missing)}: "
-                         f"{short_list(missing)}; unexpected {len(unexpected)}: {short_list(unexpected)}")
-    bad = [f"{k}: expected {expected[k]}, got {got[k]}" for k in sorted(expected) if expected[k] != got[k]]
-    if bad:
-        raise ValueError(f"{source}: {len(bad)} shape mismatch(es) against the config: {short_list(bad, 5)}")
 
 
 def _read_selected(info, layout: ControlNetLayout, wanted: set[str], source) -> dict[str, torch.Tensor]:

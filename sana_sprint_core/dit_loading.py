@@ -31,7 +31,8 @@ from typing import Mapping
 import torch
 
 from .checkpoint_io import (
-    TensorSpec, read_state_dict, read_tensor_specs, resolve_checkpoint, save_safetensors_atomic, short_list,
+    TensorSpec, read_config_json, read_state_dict, read_tensor_specs, resolve_checkpoint, save_safetensors_atomic,
+    short_list,
 )
 from .constants import FLOW_TIME_SCALE
 from .dit import SanaSprintDiT
@@ -147,13 +148,14 @@ def _assign(model: SanaSprintDiT, state: Mapping[str, torch.Tensor], device, sou
     return model.to(device).eval()
 
 
-def check_keys(expected: Mapping[str, tuple], got: Mapping[str, tuple], source: str | os.PathLike) -> None:
+def check_keys(expected: Mapping[str, tuple], got: Mapping[str, tuple], source: str | os.PathLike,
+               what: str = "Sana DiT") -> None:
     """Raise ValueError naming missing and unexpected keys, then shape mismatches (key, expected, got)."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"{source}: keys do not match the Sana DiT; missing {len(missing)}: {short_list(missing)}; "
+            f"{source}: keys do not match the {what}; missing {len(missing)}: {short_list(missing)}; "
             f"unexpected {len(unexpected)}: {short_list(unexpected)}"
         )
     bad = [f"{k}: expected {tuple(expected[k])}, got {tuple(got[k])}"
@@ -189,17 +191,8 @@ def _transformer_folder(path: Path) -> Path:
 
 
 def read_diffusers_config(path: str | os.PathLike) -> dict | None:
-    """The diffusers ``config.json`` in folder ``path`` or beside file ``path``, when it describes a
-    SanaTransformer2DModel (``_class_name``); None otherwise."""
-    path = Path(path)
-    cfg_path = (path if path.is_dir() else path.parent) / "config.json"
-    if not cfg_path.is_file():
-        return None
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
-    return cfg if isinstance(cfg, dict) and cfg.get("_class_name") == DIFFUSERS_CLASS else None
+    """The diffusers config.json of a SanaTransformer2DModel in folder ``path`` or beside file ``path``."""
+    return read_config_json(path, DIFFUSERS_CLASS)
 
 
 def resolve_config(
