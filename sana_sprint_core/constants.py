@@ -74,6 +74,8 @@ HF_SPRINT_1600M = "Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers"
 HF_SPRINT_600M = "Efficient-Large-Model/Sana_Sprint_0.6B_1024px_diffusers"
 HF_GEMMA = "Efficient-Large-Model/gemma-2-2b-it"
 HF_DCAE = "mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers"
+# The released Sana 1.6B HED ControlNet (not a Sprint model; reference 5.1 and asset/docs/model_zoo.md).
+HF_SANA_CONTROLNET_HED_1600M = "Efficient-Large-Model/Sana_1600M_1024px_BF16_ControlNet_HED"
 
 # --- Files ----------------------------------------------------------------------------------------
 # Largest safetensors JSON header the reference implementation accepts (safetensors crate,
@@ -148,6 +150,9 @@ DCAE_BYTES_PER_PIXEL_PER_DTYPE_BYTE = 128 * 6
 COMFY_DIT_NAME = "Sana_Sprint_1.6B_1024px_diffusers"
 COMFY_TEXT_ENCODER_NAME = "gemma-2-2b-it"
 COMFY_VAE_NAME = "dc-ae-f32c32-sana-1.1-diffusers"
+# The ControlNet workflows' files: the released Sana HED ControlNet in models/controlnet (its NVlabs
+# .pth, checkpoints/<name> of HF_SANA_CONTROLNET_HED_1600M) and the HED weights in models/annotators.
+COMFY_CONTROLNET_NAME = "Sana_1600M_1024px_BF16_ControlNet_HED.pth"
 
 # --- ControlNet and HED scribbles (sana_sprint_model.md 5.1-5.3) ---------------------------------
 # Copied blocks of the Sana ControlNet (NVlabs `copy_blocks_num = 7`; diffusers `num_layers=7`).

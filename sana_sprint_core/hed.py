@@ -29,13 +29,13 @@ from torch import Tensor, nn
 
 from .checkpoint_io import read_state_dict, short_list
 from .constants import (
-    HED_DEFAULT_DETECT_RESOLUTION, HED_FILE_NAME, HED_MODEL_FOLDER, HED_SIZE_MULTIPLE, HF_ANNOTATORS,
+    HED_DEFAULT_DETECT_RESOLUTION, HED_FILE_NAME, HED_SIZE_MULTIPLE, HF_ANNOTATORS,
     SCRIBBLE_BLUR_KERNEL, SCRIBBLE_BLUR_SIGMA, SCRIBBLE_BLUR_THRESHOLD, SCRIBBLE_DEFAULT_THICKNESS,
     SCRIBBLE_ERODE_SIZE, SCRIBBLE_NMS_KERNEL, SCRIBBLE_NMS_SIGMA, SCRIBBLE_NMS_THRESHOLD,
 )
-from .model_files import ModelFile
+from .model_files import HED_FILES
 
-HED_FILE = ModelFile(HED_FILE_NAME, HED_MODEL_FOLDER, HF_ANNOTATORS, HED_FILE_NAME)
+HED_FILE = HED_FILES[0]
 # Where the comfyui_controlnet_aux pack keeps the same file (ckpts/<repo>/<file>), relative to the
 # ComfyUI folder that holds models/; found there too so users need not download it twice.
 CONTROLNET_AUX_HED = ("custom_nodes", "comfyui_controlnet_aux", "ckpts", *HF_ANNOTATORS.split("/"), HED_FILE_NAME)

@@ -1,7 +1,9 @@
-"""Where the three model files live and where to download them (shared by the CLI and the nodes).
+"""Where the model files live and where to download them (shared by the CLI, the trainer and the nodes).
 
 The folder names follow ComfyUI's `models/` layout, so one download serves both. Each kind lists the
 names we look for, in order; a name may be a single file or a folder (a diffusers/HF snapshot).
+Kinds: the three generation models (dit, text_encoder, vae) and, for ControlNet, the Sana HED
+ControlNet (controlnet) and the HED annotator weights (hed).
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .constants import HF_DCAE, HF_GEMMA, HF_SPRINT_600M, HF_SPRINT_1600M
+from .constants import (
+    COMFY_CONTROLNET_NAME, HED_FILE_NAME, HED_MODEL_FOLDER, HF_ANNOTATORS, HF_DCAE, HF_GEMMA,
+    HF_SANA_CONTROLNET_HED_1600M, HF_SPRINT_600M, HF_SPRINT_1600M,
+)
 
 HF_SPRINT_1600M_NVLABS = "Efficient-Large-Model/Sana_Sprint_1.6B_1024px"
 HF_SPRINT_600M_NVLABS = "Efficient-Large-Model/Sana_Sprint_0.6B_1024px"
@@ -20,7 +25,7 @@ class ModelFile:
     """One downloadable model: the name we look for, its folder under models/, and its source."""
 
     name: str  # file or folder name inside `folder`
-    folder: str  # ComfyUI model folder: diffusion_models, text_encoders or vae
+    folder: str  # ComfyUI model folder: diffusion_models, text_encoders, vae, controlnet or annotators
     repo: str  # public Hugging Face repository
     what: str  # what to download from the repository
 
@@ -47,7 +52,16 @@ VAE_FILES = (
     ModelFile("dc-ae-f32c32-sana-1.1-diffusers", "vae", HF_DCAE,
               "the whole repository (config.json + diffusion_pytorch_model.safetensors)"),
 )
-KINDS = {"dit": DIT_FILES, "text_encoder": TEXT_ENCODER_FILES, "vae": VAE_FILES}
+# Released Sana (not Sprint) HED ControlNet, an NVlabs checkpoint that also holds its Sana base model
+# (reference 5.1). No Sprint ControlNet is public; trainers.distill's ControlNet mode distils one.
+CONTROLNET_FILES = (
+    ModelFile(COMFY_CONTROLNET_NAME, "controlnet", HF_SANA_CONTROLNET_HED_1600M,
+              f"checkpoints/{COMFY_CONTROLNET_NAME}"),
+)
+# lllyasviel's ControlNetHED_Apache2 weights (reference 5.3), in models/annotators/.
+HED_FILES = (ModelFile(HED_FILE_NAME, HED_MODEL_FOLDER, HF_ANNOTATORS, HED_FILE_NAME),)
+KINDS = {"dit": DIT_FILES, "text_encoder": TEXT_ENCODER_FILES, "vae": VAE_FILES, "controlnet": CONTROLNET_FILES,
+         "hed": HED_FILES}
 
 
 def find_model(models_dir: Path | str, kind: str) -> Path | None:
