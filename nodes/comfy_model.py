@@ -8,6 +8,13 @@ LoRA keys (`diffusion_model.transformer_blocks.0.attn1.to_q`, `lora_unet_...`) m
 LATENT units: ComfyUI stores raw DC-AE latents in `{"samples": ...}`; `SanaLatentFormat.process_in`
 multiplies by 0.41407 into diffusion units (what the DiT and `sana_sprint_core` work in) and
 `process_out` divides back. Every node converts with these two methods and nothing else.
+
+ControlNet: SanaSprintControlNetApply puts the ControlNet (a ManagedModule), the control latent
+(diffusion units) and the strength into the conditioning dict under CONTROLNET_KEY,
+CONTROL_LATENT_KEY and CONTROL_STRENGTH_KEY, and the ControlNet's ModelPatcher under the core key
+"additional_models", so ComfyUI's samplers load it with the model. `extra_conds` turns them into
+conds (the ControlNet as a CONDConstant, latent and strength per sample) and `_apply_model` runs the
+DiT with `SanaControlNet.dit_kwargs`; SanaSprintSampler reads the same keys.
 """
 
 from __future__ import annotations
@@ -34,6 +41,12 @@ from ..sana_sprint_core.dit import SanaSprintDiT
 # FluxGuidance node writes, so that node works on this model too).
 MASK_KEY = "attention_mask"
 GUIDANCE_KEY = "guidance"
+# Conditioning-dict keys of SanaSprintControlNetApply (module docstring) and ComfyUI's own key for
+# models to load beside the MODEL (comfy.sampler_helpers.get_additional_models).
+CONTROLNET_KEY = "sana_controlnet"
+CONTROL_LATENT_KEY = "sana_control_latent"
+CONTROL_STRENGTH_KEY = "sana_control_strength"
+ADDITIONAL_MODELS_KEY = "additional_models"
 
 
 class SanaLatentFormat(comfy.latent_formats.LatentFormat):
@@ -79,16 +92,26 @@ class SanaSprintBaseModel(comfy.model_base.BaseModel):
             out[MASK_KEY] = comfy.conds.CONDRegular(mask)
         guidance = kwargs.get(GUIDANCE_KEY, DEFAULT_GUIDANCE)
         out[GUIDANCE_KEY] = comfy.conds.CONDRegular(torch.tensor([float(guidance)], dtype=torch.float32))
+        controlnet = kwargs.get(CONTROLNET_KEY)
+        if controlnet is not None:  # one ControlNet object for the whole batch; latent and strength per sample
+            out[CONTROLNET_KEY] = comfy.conds.CONDConstant(controlnet)
+            out[CONTROL_LATENT_KEY] = comfy.conds.CONDRegular(kwargs[CONTROL_LATENT_KEY])
+            strength = torch.tensor([float(kwargs[CONTROL_STRENGTH_KEY])], dtype=torch.float32)
+            out[CONTROL_STRENGTH_KEY] = comfy.conds.CONDRegular(strength)
         return out
 
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         """Denoised x0 = x - tau * v, with v from the DiT at flow state x and time tau.
 
         The timestep and guidance stay fp32 (only x and the text go to the model dtype); the mask
-        keeps its integer dtype. ControlNet `control` and c_concat are not part of this model.
+        keeps its integer dtype. A Sana ControlNet comes in through the extra conds (module
+        docstring); ComfyUI's own `control` (CONTROL_NET models) and c_concat do not fit this model.
         """
-        if control is not None or c_concat is not None:
-            raise ValueError("the SANA-Sprint model takes no ControlNet or concat conditioning")
+        if control is not None:
+            raise ValueError("ComfyUI ControlNets (CONTROL_NET from Load ControlNet Model) cannot steer SANA-Sprint; "
+                             "use SanaSprintControlNetLoader and SanaSprintControlNetApply")
+        if c_concat is not None:
+            raise ValueError("the SANA-Sprint model takes no concat conditioning (c_concat)")
         if c_crossattn is None:
             raise ValueError("the SANA-Sprint model needs text conditioning from SanaSprintTextEncode")
         dtype = self.manual_cast_dtype or self.get_dtype()
@@ -99,8 +122,26 @@ class SanaSprintBaseModel(comfy.model_base.BaseModel):
         mask = None if mask is None else mask.to(device=xc.device, dtype=torch.long)
         guidance = kwargs.get(GUIDANCE_KEY)
         guidance = None if guidance is None else guidance.to(device=xc.device, dtype=torch.float32)
-        velocity = self.diffusion_model(xc, tau, context, mask, guidance).float()
+        control = self._control_kwargs(xc, tau, context, mask, kwargs)
+        velocity = self.diffusion_model(xc, tau, context, mask, guidance, **control).float()
         return self.model_sampling.calculate_denoised(t, velocity, x)
+
+    def _control_kwargs(self, x, tau, context, mask, conds: dict) -> dict:
+        """The DiT keyword arguments of the ControlNet in the conds ({} without one)."""
+        holder = conds.get(CONTROLNET_KEY)
+        if holder is None:
+            return {}
+        latent = conds[CONTROL_LATENT_KEY].to(device=x.device)
+        strength = conds[CONTROL_STRENGTH_KEY].to(device=x.device, dtype=torch.float32)
+        return holder.payload.dit_kwargs(self.diffusion_model, x, tau, context, mask, latent, strength)
+
+
+def control_of(conditioning_dict: dict):
+    """(ControlNet ManagedModule, control latent, strength) of a conditioning dict, or None without one."""
+    holder = conditioning_dict.get(CONTROLNET_KEY)
+    if holder is None:
+        return None
+    return holder, conditioning_dict[CONTROL_LATENT_KEY], float(conditioning_dict[CONTROL_STRENGTH_KEY])
 
 
 def dit_patcher(dit: SanaSprintDiT, manual_cast_dtype=None) -> comfy.model_patcher.ModelPatcher:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .conditioning import SanaSprintTextEncode
+from .controlnet import SanaSprintControlNetApply, SanaSprintHEDPreprocessor
 from .latents import SanaSprintEmptyLatent
 from .live import SanaSprintLivePreview, SanaSprintScribblePad
-from .loaders import SanaSprintDiTLoader, SanaSprintTextEncoderLoader, SanaSprintVAELoader
+from .loaders import SanaSprintControlNetLoader, SanaSprintDiTLoader, SanaSprintTextEncoderLoader, SanaSprintVAELoader
 from .sampling import SanaSprintSampler, SanaSprintSCMSampler, SanaSprintSigmas
 from .vae import SanaSprintVAEDecode, SanaSprintVAEEncode
 
@@ -15,6 +16,7 @@ NODES: list[type[io.ComfyNode]] = [
     SanaSprintDiTLoader, SanaSprintTextEncoderLoader, SanaSprintVAELoader, SanaSprintTextEncode,
     SanaSprintEmptyLatent, SanaSprintSampler, SanaSprintSCMSampler, SanaSprintSigmas,
     SanaSprintVAEDecode, SanaSprintVAEEncode, SanaSprintLivePreview, SanaSprintScribblePad,
+    SanaSprintControlNetLoader, SanaSprintHEDPreprocessor, SanaSprintControlNetApply,
 ]
 
 

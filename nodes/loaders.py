@@ -1,4 +1,5 @@
-"""Loader nodes: SANA-Sprint DiT -> MODEL, Gemma-2 -> SANA_TEXT_ENCODER, DC-AE -> SANA_VAE.
+"""Loader nodes: SANA-Sprint DiT -> MODEL, Gemma-2 -> SANA_TEXT_ENCODER, DC-AE -> SANA_VAE,
+Sana ControlNet -> SANA_CONTROLNET.
 
 Files come from ComfyUI's model folders (model_files.py); nothing is downloaded. Every model is
 placed and offloaded by ComfyUI's model management through a ModelPatcher.
@@ -12,6 +13,8 @@ from comfy_api.latest import io
 import comfy.model_management as mm
 import comfy.ops
 
+from ..sana_sprint_core.controlnet import WIRINGS
+from ..sana_sprint_core.controlnet_loading import load_controlnet
 from ..sana_sprint_core.dcae import load_vae
 from ..sana_sprint_core.dit_loading import load_dit
 from ..sana_sprint_core.text_encoder import load_text_encoder
@@ -21,6 +24,8 @@ from .comfy_model import ManagedModule, SanaSprintModelConfig, dit_patcher
 CATEGORY = "SanaSprint/loaders"
 TextEncoderType = io.Custom("SANA_TEXT_ENCODER")
 VaeType = io.Custom("SANA_VAE")
+ControlNetType = io.Custom("SANA_CONTROLNET")
+AUTO_WIRING = "auto"
 
 _NAMED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DIT_DTYPES = ["auto", "bf16", "fp16", "fp32"]
@@ -42,6 +47,15 @@ def _auto_or(name: str, auto: torch.dtype) -> torch.dtype:
 def _gpu_bf16_or_fp32(device) -> torch.dtype:
     """bf16 on a device with bf16 support, fp32 otherwise (Gemma-2 and DC-AE are bf16 models)."""
     return torch.bfloat16 if mm.should_use_bf16(device) else torch.float32
+
+
+def _dit_dtypes(weight_dtype: str):
+    """(device, weight dtype, manual-cast compute dtype or None, operations) as for the DiT."""
+    device = mm.get_torch_device()
+    supported = SanaSprintModelConfig.supported_inference_dtypes
+    dtype = _auto_or(weight_dtype, mm.unet_dtype(device, supported_dtypes=supported))
+    compute = mm.unet_manual_cast(dtype, device, supported)
+    return device, dtype, compute, comfy.ops.pick_operations(dtype, compute, load_device=device)
 
 
 class SanaSprintDiTLoader(io.ComfyNode):
@@ -70,11 +84,7 @@ class SanaSprintDiTLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, weight_dtype) -> io.NodeOutput:
         path = model_files.resolve(model_files.DIT, model_name)
-        device = mm.get_torch_device()
-        supported = SanaSprintModelConfig.supported_inference_dtypes
-        dtype = _auto_or(weight_dtype, mm.unet_dtype(device, supported_dtypes=supported))
-        compute = mm.unet_manual_cast(dtype, device, supported)
-        ops = comfy.ops.pick_operations(dtype, compute, load_device=device)
+        _, dtype, compute, ops = _dit_dtypes(weight_dtype)
         dit = load_dit(path, dtype=dtype, device=mm.unet_offload_device(), operations=ops)
         return io.NodeOutput(dit_patcher(dit, manual_cast_dtype=compute))
 
@@ -139,3 +149,40 @@ class SanaSprintVAELoader(io.ComfyNode):
         dtype = _auto_or(weight_dtype, _gpu_bf16_or_fp32(device))
         vae = load_vae(path, dtype=dtype, device=offload)
         return io.NodeOutput(ManagedModule(vae, vae, device, offload, "dcae"))
+
+
+class SanaSprintControlNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SanaSprintControlNetLoader",
+            display_name="Load SANA-Sprint ControlNet",
+            category=CATEGORY,
+            description="Loads a Sana ControlNet from models/controlnet: NVlabs' released Sana HED ControlNet "
+                        "(.pth; its base model inside is not loaded), a diffusers SanaControlNetModel folder, or "
+                        "a ControlNet distilled for SANA-Sprint by this pack's trainer (.safetensors). ComfyUI "
+                        "loads and offloads it together with the MODEL.",
+            inputs=[
+                io.Combo.Input("controlnet_name", options=model_files.list_models(model_files.CONTROLNET),
+                               tooltip="File or folder in models/controlnet, e.g. "
+                                       f"{model_files.CONTROLNET.example}."),
+                _dtype_input(DIT_DTYPES, "ControlNet"),
+                io.Combo.Input("wiring", options=[AUTO_WIRING, *WIRINGS], default=AUTO_WIRING,
+                               tooltip="Where the control stream joins the DiT. auto: as the file was trained "
+                                       "(NVlabs .pth and our files: nvlabs; diffusers folders: diffusers)."),
+            ],
+            outputs=[ControlNetType.Output(tooltip="The ControlNet for SanaSprintControlNetApply.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, controlnet_name):
+        return model_files.check_available(model_files.CONTROLNET, controlnet_name)
+
+    @classmethod
+    def execute(cls, controlnet_name, weight_dtype, wiring) -> io.NodeOutput:
+        path = model_files.resolve(model_files.CONTROLNET, controlnet_name)
+        device, dtype, _, ops = _dit_dtypes(weight_dtype)
+        offload = mm.unet_offload_device()
+        controlnet = load_controlnet(path, dtype=dtype, device=offload, operations=ops,
+                                     wiring=None if wiring == AUTO_WIRING else wiring)
+        return io.NodeOutput(ManagedModule(controlnet, controlnet, device, offload, "sana_controlnet"))

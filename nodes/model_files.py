@@ -5,7 +5,13 @@ one entry (its path relative to the model folder, with "/"):
   * a diffusers model folder: config.json beside weights (one file or a sharded index);
   * a diffusers pipeline folder: model_index.json beside the component subfolder (transformer/ for
     the DiT, text_encoder/ for Gemma, vae/ for DC-AE).
-Weight files inside a listed folder are not listed again on their own.
+Weight files inside a listed folder are not listed again on their own; only loadable weight files
+(safetensors / PyTorch suffixes) are listed.
+
+The HED annotator weights live in `annotators`, a folder ComfyUI does not define: `register_annotators`
+adds models/annotators and, as a fallback, comfyui_controlnet_aux's download folder
+(custom_nodes/comfyui_controlnet_aux/ckpts/lllyasviel/Annotators), so a copy that pack downloaded is
+found too.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from pathlib import Path
 import folder_paths
 
 from ..sana_sprint_core import model_files as core_files
-from ..sana_sprint_core.constants import COMFY_DIT_NAME, COMFY_TEXT_ENCODER_NAME, COMFY_VAE_NAME
+from ..sana_sprint_core.constants import (
+    COMFY_CONTROLNET_NAME, COMFY_DIT_NAME, COMFY_TEXT_ENCODER_NAME, COMFY_VAE_NAME, HED_FILE_NAME, HED_MODEL_FOLDER,
+)
+from ..sana_sprint_core.hed import CONTROLNET_AUX_HED
 
 _WEIGHT_SUFFIXES = (".safetensors", ".sft", ".bin", ".pth", ".pt", ".ckpt")
 
@@ -40,6 +49,20 @@ DIT = ModelKind("diffusion_models", "transformer", COMFY_DIT_NAME, "SANA-Sprint 
 TEXT_ENCODER = ModelKind("text_encoders", "text_encoder", COMFY_TEXT_ENCODER_NAME, "Gemma-2 text encoder",
                          core_files.TEXT_ENCODER_FILES)
 VAE = ModelKind("vae", "vae", COMFY_VAE_NAME, "DC-AE autoencoder", core_files.VAE_FILES, pipeline_subfolder=True)
+CONTROLNET = ModelKind("controlnet", "controlnet", COMFY_CONTROLNET_NAME, "Sana ControlNet",
+                       core_files.CONTROLNET_FILES)
+HED = ModelKind(HED_MODEL_FOLDER, HED_MODEL_FOLDER, HED_FILE_NAME, "HED annotator", core_files.HED_FILES)
+
+
+def register_annotators() -> None:
+    """Add models/annotators (first) and comfyui_controlnet_aux's Annotators download folder to folder_paths."""
+    folder_paths.add_model_folder_path(HED.folder, os.path.join(folder_paths.models_dir, HED.folder), is_default=True)
+    aux = CONTROLNET_AUX_HED[1:-1]  # comfyui_controlnet_aux/ckpts/lllyasviel/Annotators
+    for root in folder_paths.get_folder_paths("custom_nodes"):
+        folder_paths.add_model_folder_path(HED.folder, os.path.join(root, *aux))
+
+
+register_annotators()
 
 
 def _is_model_folder(path: Path, component: str) -> bool:
@@ -67,7 +90,7 @@ def list_models(kind: ModelKind) -> list[str]:
                for f in _model_folders(Path(root), kind.component)]
     inside = tuple(f + "/" for f in folders)
     files = [f for f in folder_paths.get_filename_list(kind.folder)
-             if not f.replace(os.sep, "/").startswith(inside)]
+             if not f.replace(os.sep, "/").startswith(inside) and f.lower().endswith(_WEIGHT_SUFFIXES)]
     return sorted(set(files) | set(folders))
 
 

@@ -24,8 +24,9 @@ from ..sana_sprint_core import trigflow
 from ..sana_sprint_core.constants import (
     DEFAULT_GUIDANCE, LATENT_DOWNSCALE, PREVIEW_MAX_SIZE, T_INTERMEDIATE_2STEP, T_MAX,
 )
+from ..sana_sprint_core.controlnet import sample_with_control
 from ..sana_sprint_core.sampler import check_timesteps, sample, sprint_timesteps
-from .comfy_model import sana_dit
+from .comfy_model import control_of, sana_dit
 from .timing import timed
 
 CATEGORY = "SanaSprint/sampling"
@@ -136,20 +137,36 @@ def _sample_node(model, positive, latent_image, seed, steps, guidance, max_times
                  denoise, timesteps) -> dict:
     """SanaSprintSampler's work: the LATENT dict (raw DC-AE units) of the sampled latents."""
     dit = sana_dit(model, "SanaSprintSampler")
-    embeds, mask, _ = single_conditioning(positive, "SanaSprintSampler")
+    embeds, mask, extra = single_conditioning(positive, "SanaSprintSampler")
+    control = control_of(extra)
     times = schedule(steps, max_timestep, intermediate_timestep, timesteps, denoise)
     fmt = model.get_model_object("latent_format")
     samples = latent_image["samples"]
-    mm.load_models_gpu([model])
+    mm.load_models_gpu([model] + ([] if control is None else [control[0].patcher]))
     device = model.load_device
-    callback = _progress_callback(len(times) - 1, fmt)
-    x0 = sample(dit, embeds.to(device), None if mask is None else mask.to(device),
-                width=samples.shape[-1] * LATENT_DOWNSCALE, height=samples.shape[-2] * LATENT_DOWNSCALE,
-                guidance=guidance, seed=seed, timesteps=times, latent=fmt.process_in(samples.to(device)),
-                callback=callback)
+    embeds, mask = embeds.to(device), None if mask is None else mask.to(device)
+    kwargs = dict(width=samples.shape[-1] * LATENT_DOWNSCALE, height=samples.shape[-2] * LATENT_DOWNSCALE,
+                  guidance=guidance, seed=seed, timesteps=times, latent=fmt.process_in(samples.to(device)),
+                  callback=_progress_callback(len(times) - 1, fmt))
+    if control is None:
+        x0 = sample(dit, embeds, mask, **kwargs)
+    else:
+        controlnet, control_latent, strength = control
+        x0 = sample_with_control(dit, controlnet.payload, _fit_control(control_latent, samples), embeds, mask,
+                                 strength=strength, **kwargs)
     out = {k: v for k, v in latent_image.items() if k != "samples"}  # keep batch_index etc.
     out["samples"] = fmt.process_out(x0).to(mm.intermediate_device())
     return out
+
+
+def _fit_control(control_latent: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    """The control latent, checked against the size of the latent being sampled (ValueError naming both)."""
+    if tuple(control_latent.shape[-2:]) != tuple(samples.shape[-2:]):
+        got = f"{control_latent.shape[-1] * LATENT_DOWNSCALE}x{control_latent.shape[-2] * LATENT_DOWNSCALE}"
+        want = f"{samples.shape[-1] * LATENT_DOWNSCALE}x{samples.shape[-2] * LATENT_DOWNSCALE}"
+        raise ValueError(f"the control image was encoded at {got} but the latent is {want}; set width and height "
+                         f"of SanaSprintControlNetApply to {want}")
+    return control_latent
 
 
 def _progress_callback(total: int, latent_format):

@@ -27,7 +27,7 @@ def _tiled_input() -> io.Combo.Input:
                                   "off: whole image at once; auto: whole image, tiles after an out-of-memory error.")
 
 
-def _load(vae, pixels: int):
+def load_for_pixels(vae, pixels: int):
     """Load the DC-AE with room for the activations of `pixels` output pixels; returns the model."""
     dtype_bytes = next(vae.payload.parameters()).element_size()
     return vae.load(memory_required=pixels * dtype_bytes * DCAE_BYTES_PER_PIXEL_PER_DTYPE_BYTE)
@@ -53,7 +53,8 @@ class SanaSprintVAEDecode(io.ComfyNode):
     def execute(cls, samples, vae, tiled) -> io.NodeOutput:
         latents = samples["samples"]
         with timed("decode"):
-            model = _load(vae, latents.shape[0] * latents.shape[-2] * latents.shape[-1] * LATENT_DOWNSCALE**2)
+            pixels = latents.shape[0] * latents.shape[-2] * latents.shape[-1] * LATENT_DOWNSCALE**2
+            model = load_for_pixels(vae, pixels)
             images = decode(model, SanaLatentFormat().process_in(latents), tiled=TILING[tiled])
             images = images.movedim(1, -1).to(mm.intermediate_device())  # (B, H, W, 3)
         return io.NodeOutput(images)
@@ -78,6 +79,6 @@ class SanaSprintVAEEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, pixels, vae, tiled) -> io.NodeOutput:
-        model = _load(vae, pixels.shape[0] * pixels.shape[1] * pixels.shape[2])
+        model = load_for_pixels(vae, pixels.shape[0] * pixels.shape[1] * pixels.shape[2])
         latents = encode(model, pixels[..., :3].movedim(-1, 1), tiled=TILING[tiled])  # (B, 3, H, W) in
         return io.NodeOutput({"samples": SanaLatentFormat().process_out(latents).to(mm.intermediate_device())})

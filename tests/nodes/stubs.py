@@ -294,6 +294,10 @@ class CONDRegular:
         self.cond = cond
 
 
+class CONDConstant(CONDRegular):
+    """One object for the whole batch (ComfyUI passes `.cond` through unbatched)."""
+
+
 class ModelType(enum.Enum):
     EPS = 1
     V_PREDICTION = 2
@@ -415,8 +419,9 @@ def _make_folder_paths(models_dir: Path) -> types.ModuleType:
     fp = types.ModuleType("folder_paths")
     fp.models_dir = str(models_dir)
     fp.supported_pt_extensions = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
-    names = ("checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "vae_approx")
+    names = ("checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "vae_approx", "controlnet")
     fp.folder_names_and_paths = {n: ([str(models_dir / n)], fp.supported_pt_extensions) for n in names}
+    fp.folder_names_and_paths["custom_nodes"] = ([str(models_dir.parent / f"{models_dir.name}_custom_nodes")], set())
 
     def get_folder_paths(folder_name):
         return fp.folder_names_and_paths[folder_name][0][:]  # KeyError for unknown names, as ComfyUI
@@ -432,8 +437,14 @@ def _make_folder_paths(models_dir: Path) -> types.ModuleType:
         return sorted(found)
 
     def add_model_folder_path(folder_name, full_folder_path, is_default=False):
+        """New names get an empty extension set (every file listed); a known path moves first only if default."""
         paths = fp.folder_names_and_paths.setdefault(folder_name, ([], set()))[0]
-        paths.insert(0, full_folder_path) if is_default else paths.append(full_folder_path)
+        if full_folder_path in paths:
+            if is_default:
+                paths.remove(full_folder_path)
+                paths.insert(0, full_folder_path)
+        else:
+            paths.insert(0, full_folder_path) if is_default else paths.append(full_folder_path)
 
     fp.get_folder_paths, fp.get_filename_list, fp.add_model_folder_path = (
         get_folder_paths, get_filename_list, add_model_folder_path)
@@ -458,7 +469,7 @@ def build_modules(models_dir: Path) -> dict[str, types.ModuleType]:
     mods["comfy.model_management"] = _make_model_management()
     mods["comfy.ops"] = _make_ops()
     mods["comfy.utils"].ProgressBar = ProgressBar
-    mods["comfy.conds"].CONDRegular = CONDRegular
+    mods["comfy.conds"].CONDRegular, mods["comfy.conds"].CONDConstant = CONDRegular, CONDConstant
     mods["comfy.latent_formats"].LatentFormat = LatentFormat
     mods["comfy.model_base"].BaseModel, mods["comfy.model_base"].ModelType = BaseModel, ModelType
     mods["comfy.supported_models_base"].BASE = BASE

@@ -32,16 +32,36 @@ def _weights(obj) -> dict:
     return {k: v.clone() for k, v in module.state_dict().items()}
 
 
+_DATA = (dict, list, tuple, torch.Tensor, str, int, float, bool, type(None))
+
+
+def _opaque(value, found: dict) -> dict:
+    """id -> object for every non-data object (models, patchers) inside `value`, nested ones included."""
+    if isinstance(value, dict):
+        for v in value.values():
+            _opaque(v, found)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _opaque(v, found)
+    elif not isinstance(value, _DATA):
+        found[id(value)] = value
+    return found
+
+
 def run_twice(node, **inputs):
-    """Execute twice; assert equal outputs and unchanged inputs; return the first output tuple."""
-    data = {k: v for k, v in inputs.items() if isinstance(v, (dict, list, tuple, torch.Tensor, str, int, float))}
-    before = copy.deepcopy(data)
-    models = {k: _weights(v) for k, v in inputs.items() if k not in data}
+    """Execute twice; assert equal outputs and unchanged inputs; return the first output tuple.
+
+    Data (tensors, dicts, lists, numbers) is compared with a deep copy; models and patchers, at any
+    depth (e.g. the ControlNet inside a conditioning), by identity and by their weights.
+    """
+    objects = _opaque(inputs, {})
+    before = copy.deepcopy(inputs, memo=dict(objects))  # models are kept, not copied
+    models = {k: _weights(v) for k, v in objects.items() if hasattr(v, "model_options") or hasattr(v, "patcher")}
     first, second = node.execute(**inputs).args, node.execute(**inputs).args
     assert _same(first, second), f"{node.__name__}: two runs on the same inputs differ"
-    assert _same(data, before), f"{node.__name__} changed its inputs"
+    assert _same(inputs, before), f"{node.__name__} changed its inputs"
     for k, w in models.items():
-        assert _same(_weights(inputs[k]), w), f"{node.__name__} changed the weights of {k}"
+        assert _same(_weights(objects[k]), w), f"{node.__name__} changed the weights of {objects[k]!r}"
     return first
 
 
@@ -225,17 +245,25 @@ def test_sigmas_are_flow_times_of_the_schedule(nodes):
     assert explicit.shape == (3,) and explicit[-1] == 0  # a trailing 0 is added
 
 
+def _batched(cond, batch: int):
+    """What ComfyUI's cond processing hands the model: CONDConstant as is, CONDRegular repeated to the
+    batch (comfy.utils.repeat_to_batch_size)."""
+    if isinstance(cond, stubs.CONDConstant):
+        return cond.cond
+    t = cond.cond
+    return t.repeat(-(-batch // t.shape[0]), *[1] * (t.ndim - 1))[:batch]
+
+
 def _comfy_route(base_model, cond, latent, sigmas, seed, sampler_fn):
-    """What KSAMPLER does for a FLOW/CONST model, written out: noise, noise_scaling, sampler, process_out."""
+    """What KSAMPLER does for a FLOW/CONST model, written out: conds from every entry of the conditioning
+    dict (as comfy.samplers.encode_model_conds), noise, noise_scaling, sampler, process_out."""
     embeds, extra = cond[0]
-    conds = base_model.extra_conds(cross_attn=embeds, attention_mask=extra["attention_mask"])
+    conds = base_model.extra_conds(cross_attn=embeds, **extra)
     samples = base_model.process_latent_in(latent["samples"])
     noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(seed))
 
     def denoiser(x, sigma, **_):
-        return base_model.apply_model(x, sigma, c_crossattn=conds["c_crossattn"].cond,
-                                      attention_mask=conds["attention_mask"].cond,
-                                      guidance=conds["guidance"].cond.expand(x.shape[0]))
+        return base_model.apply_model(x, sigma, **{k: _batched(c, x.shape[0]) for k, c in conds.items()})
 
     denoiser.inner_model = SimpleNamespace(inner_model=base_model)
     x = base_model.model_sampling.noise_scaling(sigmas[0], noise, samples)
@@ -263,8 +291,10 @@ def test_model_conds_and_apply_model(loaded):
     assert all(type(c).__name__ == "CONDRegular" for c in conds.values())
     assert conds["guidance"].cond.tolist() == [3.0]
     assert base.extra_conds(cross_attn=embeds)["guidance"].cond.tolist() == [4.5]
-    with pytest.raises(ValueError, match="no ControlNet"):
+    with pytest.raises(ValueError, match="ComfyUI ControlNets .* cannot steer SANA-Sprint; use SanaSprintControlNet"):
         base.apply_model(torch.zeros(1, 32, 2, 2), torch.ones(1), c_crossattn=embeds, control={"x": 1})
+    with pytest.raises(ValueError, match="no concat conditioning"):
+        base.apply_model(torch.zeros(1, 32, 2, 2), torch.ones(1), c_concat=torch.zeros(1), c_crossattn=embeds)
 
 
 # --------------------------------------------------------------------------------------------------
