@@ -23,10 +23,16 @@ API_DIR = HERE / "api"
 DIT_NAME = "Sana_Sprint_1.6B_1024px_diffusers"
 TEXT_ENCODER_NAME = "gemma-2-2b-it"
 VAE_NAME = "dc-ae-f32c32-sana-1.1-diffusers"
+CONTROLNET_NAME = "Sana_1600M_1024px_BF16_ControlNet_HED.pth"  # COMFY_CONTROLNET_NAME
+HED_NAME = "ControlNetHED.pth"  # HED_FILE_NAME
 PROMPT = "a tiny astronaut hatching from an egg on the moon, detailed, cinematic light"
 IMG2IMG_PROMPT = "a watercolor painting of a lighthouse on a cliff at sunset"
 LIVE_PROMPT = "a cozy cabin in a snowy forest at dusk, warm light in the windows"
 INPUT_IMAGE = "example.png"
+SCRIBBLE_IMAGE = "scribble.png"  # a drawing: dark strokes on a light ground
+HED_PROMPT = "a cozy reading corner with an armchair and a tall window, soft morning light"
+SCRIBBLE_PROMPT = "a small wooden house on a hill under a big round sun, children's book illustration"
+LIVE_SCRIBBLE_PROMPT = "a friendly dragon made of autumn leaves, watercolor"
 SEED = 42
 
 
@@ -39,6 +45,7 @@ class In:
     widget: bool = True
     control: bool = False
     upload: bool = False  # an image_upload combo: the frontend stores an extra "image" value after it
+    optional: bool = False  # an optional socket may stay unlinked (no link in UI, absent from the API prompt)
 
 
 @dataclass(frozen=True)
@@ -47,8 +54,8 @@ class Spec:
     outputs: tuple[tuple[str, str], ...]  # (name, type)
 
 
-def _sock(name: str, type_: str) -> In:
-    return In(name, type_, widget=False)
+def _sock(name: str, type_: str, optional: bool = False) -> In:
+    return In(name, type_, widget=False, optional=optional)
 
 
 SPECS: dict[str, Spec] = {
@@ -70,6 +77,16 @@ SPECS: dict[str, Spec] = {
     "SanaSprintVAEEncode": Spec((_sock("pixels", "IMAGE"), _sock("vae", "SANA_VAE"), In("tiled", "COMBO")),
                                 (("LATENT", "LATENT"),)),
     "SanaSprintLivePreview": Spec((_sock("images", "IMAGE"),), ()),
+    "SanaSprintScribblePad": Spec((In("scribble", "SANA_SCRIBBLE"), In("width", "INT"), In("height", "INT"),
+                                   _sock("image", "IMAGE", optional=True)), (("IMAGE", "IMAGE"), ("MASK", "MASK"))),
+    "SanaSprintControlNetLoader": Spec((In("controlnet_name", "COMBO"), In("weight_dtype", "COMBO"),
+                                        In("wiring", "COMBO")), (("SANA_CONTROLNET", "SANA_CONTROLNET"),)),
+    "SanaSprintHEDPreprocessor": Spec((_sock("image", "IMAGE"), In("mode", "COMBO"), In("detect_resolution", "INT"),
+                                       In("thickness", "INT"), In("hed_model", "COMBO")), (("IMAGE", "IMAGE"),)),
+    "SanaSprintControlNetApply": Spec((
+        _sock("positive", "CONDITIONING"), _sock("controlnet", "SANA_CONTROLNET"), _sock("vae", "SANA_VAE"),
+        _sock("image", "IMAGE"), In("strength", "FLOAT"), In("width", "INT"), In("height", "INT"),
+    ), (("CONDITIONING", "CONDITIONING"),)),
     # ComfyUI core nodes (checked against the real /object_info by tests/e2e).
     "SaveImage": Spec((_sock("images", "IMAGE"), In("filename_prefix", "STRING")), ()),
     "LoadImage": Spec((In("image", "COMBO", upload=True),), (("IMAGE", "IMAGE"), ("MASK", "MASK"))),
@@ -96,8 +113,8 @@ def _loaders() -> list[Node]:
     ]
 
 
-def _sampler(steps: int, latent: tuple[int, int], denoise: float) -> Node:
-    values = {"model": (1, 0), "positive": (4, 0), "latent_image": latent, "seed": SEED, "steps": steps,
+def _sampler(steps: int, latent: tuple[int, int], denoise: float, positive: tuple[int, int] = (4, 0)) -> Node:
+    values = {"model": (1, 0), "positive": positive, "latent_image": latent, "seed": SEED, "steps": steps,
               "guidance": 4.5, "max_timestep": 1.5708, "intermediate_timestep": 1.3, "denoise": denoise,
               "timesteps": ""}
     return Node(6, "SanaSprintSampler", values, (820, 60))
@@ -154,12 +171,70 @@ def live_text_to_image() -> list[Node]:
     ]
 
 
+def _prompt(text: str) -> Node:
+    return Node(4, "SanaSprintTextEncode", {"text_encoder": (2, 0), "text": text, "complex_human_instruction": True},
+                (420, 200), size=(380, 200))
+
+
+def _empty_latent() -> Node:
+    return Node(5, "SanaSprintEmptyLatent", {"width": 1024, "height": 1024, "batch_size": 1,
+                                             "aspect_ratio": "1:1 (1024x1024)"}, (420, 460))
+
+
+def _controlnet(source: tuple[int, int], mode: str) -> list[Node]:
+    """ControlNet loader, scribble map of `source` (mode hed / drawing / drawing_inverted), apply to the prompt."""
+    return [
+        Node(10, "SanaSprintControlNetLoader", {"controlnet_name": CONTROLNET_NAME, "weight_dtype": "auto",
+                                                "wiring": "auto"}, (40, 540)),
+        Node(11, "SanaSprintHEDPreprocessor", {"image": source, "mode": mode, "detect_resolution": 1024,
+                                               "thickness": 2, "hed_model": HED_NAME}, (420, 700), size=(320, 360)),
+        Node(12, "SanaSprintControlNetApply", {"positive": (4, 0), "controlnet": (10, 0), "vae": (3, 0),
+                                               "image": (11, 0), "strength": 1.0, "width": 1024, "height": 1024},
+             (820, 460), size=(320, 200)),
+    ]
+
+
+def controlnet_hed() -> list[Node]:
+    """A photo -> HED scribble -> Sana HED ControlNet on the Sprint DiT -> 2-step image, saved."""
+    return [
+        *_loaders(), _prompt(HED_PROMPT), Node(9, "LoadImage", {"image": INPUT_IMAGE}, (40, 700)),
+        *_controlnet((9, 0), "hed"), _empty_latent(), _sampler(2, (5, 0), 1.0, positive=(12, 0)),
+        *_tail("SanaSprint_controlnet_hed"),
+    ]
+
+
+def controlnet_scribble() -> list[Node]:
+    """A drawing (dark strokes on light paper, input/scribble.png) -> scribble -> ControlNet -> image, saved."""
+    return [
+        *_loaders(), _prompt(SCRIBBLE_PROMPT), Node(9, "LoadImage", {"image": SCRIBBLE_IMAGE}, (40, 700)),
+        *_controlnet((9, 0), "drawing_inverted"), _empty_latent(), _sampler(2, (5, 0), 1.0, positive=(12, 0)),
+        *_tail("SanaSprint_controlnet_scribble"),
+    ]
+
+
+def live_scribble() -> list[Node]:
+    """Live mode with the scribble pad: every stroke re-runs ControlNet sampling (1 step) into the live preview.
+
+    The pad's optional background `image` stays unlinked.
+    """
+    return [
+        *_loaders(), _prompt(LIVE_SCRIBBLE_PROMPT),
+        Node(13, "SanaSprintScribblePad", {"scribble": "", "width": 1024, "height": 1024}, (40, 700), size=(420, 520)),
+        *_controlnet((13, 0), "drawing"), _empty_latent(), _sampler(1, (5, 0), 1.0, positive=(12, 0)),
+        Node(7, "SanaSprintVAEDecode", {"samples": (6, 0), "vae": (3, 0), "tiled": "auto"}, (1180, 60)),
+        Node(8, "SanaSprintLivePreview", {"images": (7, 0)}, (1180, 220), size=(520, 600)),
+    ]
+
+
 WORKFLOWS = {
     "sana_sprint_1step_text_to_image": lambda: text_to_image(1),
     "sana_sprint_2step_text_to_image": lambda: text_to_image(2),
     "sana_sprint_4step_text_to_image": lambda: text_to_image(4),
     "sana_sprint_img2img": image_to_image,
     "sana_sprint_live_text_to_image": live_text_to_image,
+    "sana_sprint_controlnet_hed": controlnet_hed,
+    "sana_sprint_controlnet_scribble": controlnet_scribble,
+    "sana_sprint_live_scribble_controlnet": live_scribble,
 }
 
 
@@ -183,9 +258,18 @@ def _links(nodes: list[Node]) -> list[list]:
     for node in nodes:
         sockets = [i for i in SPECS[node.type].inputs if not i.widget]
         for slot, inp in enumerate(sockets):
+            if inp.name not in node.values:
+                if not inp.optional:
+                    raise ValueError(f"{node.type} #{node.id}: required input {inp.name!r} is not linked")
+                continue
             src, out = node.values[inp.name]
             links.append([len(links) + 1, src, out, node.id, slot, SPECS[by_id[src].type].outputs[out][1]])
     return links
+
+
+def _link_to(links: list[list], node_id: int, slot: int) -> int | None:
+    """The id of the link into (node_id, slot), or None for an unlinked optional socket."""
+    return next((link[0] for link in links if link[3] == node_id and link[4] == slot), None)
 
 
 def to_ui(nodes: list[Node]) -> dict:
@@ -194,7 +278,7 @@ def to_ui(nodes: list[Node]) -> dict:
     ui_nodes = []
     for order, node in enumerate(nodes):
         spec = SPECS[node.type]
-        inputs = [{"name": i.name, "type": i.type, "link": next(l[0] for l in links if l[3] == node.id and l[4] == s)}
+        inputs = [{"name": i.name, "type": i.type, "link": _link_to(links, node.id, s)}
                   for s, i in enumerate(x for x in spec.inputs if not x.widget)]
         outputs = [{"name": name, "type": t, "links": [l[0] for l in links if l[1] == node.id and l[2] == s],
                     "slot_index": s} for s, (name, t) in enumerate(spec.outputs)]
@@ -213,6 +297,8 @@ def to_api(nodes: list[Node]) -> dict:
     for node in nodes:
         inputs = {}
         for inp in SPECS[node.type].inputs:
+            if inp.name not in node.values:  # an unlinked optional socket (_links checked it is optional)
+                continue
             value = node.values[inp.name]
             inputs[inp.name] = [str(value[0]), value[1]] if not inp.widget else value
         prompt[str(node.id)] = {"class_type": node.type, "inputs": inputs, "_meta": {"title": node.title or node.type}}
