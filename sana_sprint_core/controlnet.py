@@ -260,6 +260,15 @@ class ControlledDiT(nn.Module):
         """The base DiT's config."""
         return self.dit.config
 
+    @property
+    def transformer_blocks(self) -> nn.ModuleList:
+        """The base DiT's blocks (where feature hooks attach, e.g. the LADD discriminator's)."""
+        return self.dit.transformer_blocks
+
+    def embed_conditions(self, timestep: Tensor, guidance: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The base DiT's (t0, c) embeddings (SanaSprintDiT.embed_conditions)."""
+        return self.dit.embed_conditions(timestep, guidance, dtype)
+
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor, context_mask: Tensor | None = None,
                 guidance: Tensor | None = None, control: ControlInput | None = None, **dit_kwargs) -> Tensor:
         """Velocity at flow time tau, like SanaSprintDiT.forward."""

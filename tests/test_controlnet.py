@@ -290,3 +290,41 @@ def test_dit_hook_residuals_add_to_given_ones():
         hooked = dit(x, tau, ctx, mask, g, block_residuals={2: r1},
                      block_hook=lambda i, h, inp: {2: r2} if i == 0 else None)
     torch.testing.assert_close(hooked, summed, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("wiring", ["nvlabs", "diffusers"])
+def test_jvp_through_the_controlnet_matches_finite_differences(wiring):
+    """The sCM loss takes a forward-mode JVP of the controlled TrigFlow model along (v_x, v_s); float64,
+    explicit-softmax cross-attention (the trainer's setting), central differences at eps 1e-6."""
+    from sana_sprint_core.dit import set_cross_attention
+
+    dit = randomize_(SanaSprintDiT(tiny_dit_config(num_layers=3)), 11, 0.1).double().eval()
+    cn = randomize_(SanaControlNet(ControlNetConfig(dit.config, 2, wiring)), 12, 0.1).double().eval()
+    controlled = ControlledDiT(dit, cn)
+    set_cross_attention(controlled, "math")
+    model = TrigFlowModel(controlled)
+    x, tau, ctx, mask, g, control = (t.double() for t in _inputs(side=4))
+    s = trigflow.trig_time(tau)
+    gen = torch.Generator().manual_seed(7)
+    v_x, v_s = torch.randn(x.shape, generator=gen, dtype=torch.float64), torch.tensor([0.3, -0.2], dtype=torch.float64)
+
+    def f(x_in, s_in, latent=control):
+        return model(x_in, s_in, ctx, mask, g, control=ControlInput(latent, 0.8))
+
+    with torch.no_grad():
+        _, df = torch.func.jvp(f, (x, s), (v_x, v_s))
+        eps = 1e-6
+        fd = (f(x + eps * v_x, s + eps * v_s) - f(x - eps * v_x, s - eps * v_s)) / (2 * eps)
+        _, df_other = torch.func.jvp(lambda a, b: f(a, b, torch.zeros_like(control)), (x, s), (v_x, v_s))
+    torch.testing.assert_close(df, fd, rtol=1e-6, atol=1e-6 * float(fd.abs().max()))
+    assert (df - df_other).abs().max() > 1e-3 * df.abs().max()  # the control enters the derivative
+
+
+def test_controlled_dit_exposes_the_base_blocks_and_embeddings():
+    """What the trainer reads from a student or teacher DiT: hook points and the time/CFG embedding."""
+    dit = SanaSprintDiT(tiny_dit_config(num_layers=3)).eval()
+    controlled = ControlledDiT(dit, SanaControlNet(ControlNetConfig(dit.config, 2, "nvlabs")))
+    assert controlled.transformer_blocks is dit.transformer_blocks
+    tau, g = torch.tensor([0.2, 0.7]), torch.tensor([4.5, 3.0])
+    for a, b in zip(controlled.embed_conditions(tau, g, torch.float32), dit.embed_conditions(tau, g, torch.float32)):
+        assert torch.equal(a, b)
