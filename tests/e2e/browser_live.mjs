@@ -59,7 +59,7 @@ async function loadWorkflow(page, workflow) {
   }, workflow);
 }
 
-/** Adds a scribble pad wired to a second live preview (the shipped scribble workflow needs ControlNet). */
+/** Adds a scribble pad wired to a second live preview (for a workflow without a pad of its own). */
 async function addScribbleBranch(page) {
   return page.evaluate(() => {
     const { app } = window.comfyAPI.app;
@@ -162,7 +162,10 @@ async function main() {
     result.drawn = await waitForNewImage(page, branch.live, shownBefore, "drawing a stroke");
     result.scribble = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).widgets
       .find((w) => w.name === "scribble").value, branch.pad);
-    check(/^sana_sprint\/scribble_256x256_[0-9a-f]{16}\.png$/.test(result.scribble), `scribble value ${result.scribble}`);
+    const side = await page.evaluate((id) => ["width", "height"].map((name) => window.comfyAPI.app.app.graph
+      .getNodeById(id).widgets.find((w) => w.name === name).value).join("x"), branch.pad);
+    check(new RegExp(`^sana_sprint/scribble_${side}_[0-9a-f]{16}\\.png$`).test(result.scribble),
+      `scribble value ${result.scribble} (pad ${side})`);
     result.stats = await runs(page);
     result.stepPreviews = await page.evaluate(() => ({ ...window.SanaSprintLive.stepPreviews }));
     result.liveNodes = [ids.live, branch.live];

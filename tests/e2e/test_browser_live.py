@@ -32,6 +32,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 NODE = shutil.which("node")
 SCREENSHOT = REPO / "docs" / "images" / "live_preview.png"
 WORKFLOW = REPO / "workflows" / "sana_sprint_live_text_to_image.json"
+SCRIBBLE_WORKFLOW = REPO / "workflows" / "sana_sprint_live_scribble_controlnet.json"
 
 pytestmark = [
     pytest.mark.skipif(not COMFYUI_DIR or os.environ.get("SANA_BROWSER_E2E") != "1",
@@ -77,14 +78,20 @@ def _history_images(server, node_id: str) -> set[str]:
     return names
 
 
-def test_live_preview_updates_on_typing_and_drawing_without_queue(server):
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [NODE, str(REPO / "tests" / "e2e" / "browser_live.mjs"), "--url", server.url, "--workflow", str(WORKFLOW),
-           "--playwright", PLAYWRIGHT_DIR, "--chromium", CHROMIUM, "--screenshot", str(SCREENSHOT)]
+def _drive(server, workflow: Path, screenshot: Path) -> dict:
+    """Run browser_live.mjs on `workflow`; returns what it saw."""
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [NODE, str(REPO / "tests" / "e2e" / "browser_live.mjs"), "--url", server.url, "--workflow", str(workflow),
+           "--playwright", PLAYWRIGHT_DIR, "--chromium", CHROMIUM, "--screenshot", str(screenshot)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{server.log_tail(40)}"
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     print(json.dumps(seen, indent=1))
+    return seen
+
+
+def test_live_preview_updates_on_typing_and_drawing_without_queue(server):
+    seen = _drive(server, WORKFLOW, SCREENSHOT)
 
     # Different images, each produced by a run that live mode queued (and the server ran).
     assert len({seen["first"], seen["typed"], seen["afterStale"], seen["drawn"]}) == 4
@@ -119,3 +126,30 @@ def test_live_preview_updates_on_typing_and_drawing_without_queue(server):
     assert 0.01 < float((grey > 0.5).float().mean()) < 0.5
     assert set(grey.unique().tolist()) <= {0.0, 1.0}
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_live_scribble_controlnet_workflow_follows_prompt_and_strokes(server, tmp_path):
+    """The shipped live scribble -> HED ControlNet workflow: one live preview fed by the pad through the
+    ControlNet; typing and a stroke each give a new image without Queue, a stale run is interrupted."""
+    seen = _drive(server, SCRIBBLE_WORKFLOW, tmp_path / "live_scribble.png")
+    live, pad_live = seen["liveNodes"]
+    assert live == pad_live  # the workflow's own pad and preview, no added branch
+    assert len({seen["first"], seen["typed"], seen["afterStale"], seen["drawn"]}) == 4
+    assert {seen["first"], seen["typed"], seen["afterStale"], seen["drawn"]} <= _history_images(server, live)
+    assert seen["interruptedRuns"] == 1 and seen["stats"]["rejected"] == 0 and seen["pageErrors"] == []
+    assert seen["stepPreviews"].get(str(live), 0) >= 3  # 1-step sampling per run: typing, typing, stroke
+    history = server.get("/history")
+    last = max(history.values(), key=lambda h: h["prompt"][0] if str(live) in h["outputs"] else -1)
+    assert last["outputs"][str(live)]["images"][0]["filename"] == seen["drawn"]
+    classes = {n["class_type"]: n["inputs"] for n in last["prompt"][2].values()}
+    assert classes["SanaSprintScribblePad"]["scribble"] == seen["scribble"]
+    assert classes["SanaSprintHEDPreprocessor"]["mode"] == "drawing"
+    assert classes["SanaSprintSampler"]["positive"][0] in {k for k, n in last["prompt"][2].items()
+                                                           if n["class_type"] == "SanaSprintControlNetApply"}
+    assert re.fullmatch(r"text encode (cached|\d+ ms) \| sampling \d+ ms \| decode \d+ ms \| model time \d+ ms",
+                        seen["latency"][0])
+
+    from sana_sprint_core.scribble_pad import read_scribble
+
+    grey = read_scribble(server.base / "input" / seen["scribble"], 1024, 1024)
+    assert 0.001 < float((grey > 0.5).float().mean()) < 0.5 and set(grey.unique().tolist()) <= {0.0, 1.0}

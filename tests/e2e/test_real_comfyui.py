@@ -32,9 +32,11 @@ PACK = "ComfyUI-SanaSprint"
 WORKFLOWS = REPO / "workflows"
 NODE_IDS = ("SanaSprintDiTLoader", "SanaSprintTextEncoderLoader", "SanaSprintVAELoader", "SanaSprintTextEncode",
             "SanaSprintEmptyLatent", "SanaSprintSampler", "SanaSprintSCMSampler", "SanaSprintSigmas",
-            "SanaSprintVAEDecode", "SanaSprintVAEEncode", "SanaSprintLivePreview", "SanaSprintScribblePad")
+            "SanaSprintVAEDecode", "SanaSprintVAEEncode", "SanaSprintLivePreview", "SanaSprintScribblePad",
+            "SanaSprintControlNetLoader", "SanaSprintHEDPreprocessor", "SanaSprintControlNetApply")
 IMG2IMG_SIZE = (256, 192)  # width, height of the generated input image
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# Widget input types; SANA_SCRIBBLE is the scribble pad's canvas, a widget of the pack's frontend extension.
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "SANA_SCRIBBLE"}
 
 
 def _api_workflows() -> dict[str, dict]:
@@ -52,6 +54,9 @@ def server(tmp_path_factory):
     (base / "input").mkdir()
     pixels = np.random.default_rng(0).integers(0, 256, (IMG2IMG_SIZE[1], IMG2IMG_SIZE[0], 3), dtype=np.uint8)
     Image.fromarray(pixels).save(base / "input" / "example.png")
+    drawing = np.full((IMG2IMG_SIZE[1], IMG2IMG_SIZE[0], 3), 255, dtype=np.uint8)  # dark strokes on white paper
+    drawing[60:66, 20:230] = drawing[20:170, 120:126] = 30
+    Image.fromarray(drawing).save(base / "input" / "scribble.png")
     srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log")
     try:
         srv.wait_ready("SanaSprintSampler")
@@ -101,6 +106,8 @@ def test_workflow_specs_match_the_real_node_definitions(server):
         order = info[node_type]["input_order"]
         names = order.get("required", []) + order.get("optional", [])
         assert names == [i.name for i in spec.inputs], node_type
+        optional_sockets = {i.name for i in spec.inputs if i.optional}
+        assert optional_sockets <= set(order.get("optional", [])), node_type
         defs = {**info[node_type]["input"].get("required", {}), **info[node_type]["input"].get("optional", {})}
         for inp in spec.inputs:
             kind, options = defs[inp.name][0], (defs[inp.name][1] if len(defs[inp.name]) > 1 else {})
@@ -115,7 +122,7 @@ def test_workflow_templates_are_listed_and_served(server):
     listed = server.get("/workflow_templates")
     ui_names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     assert sorted(listed[PACK]) == ui_names
-    assert len(ui_names) == 5
+    assert len(ui_names) == 8
     for name in ui_names:
         status, body = server.get_bytes(f"/api/workflow_templates/{PACK}/{name}.json")
         assert status == 200 and json.loads(body)["version"] == 0.4
@@ -174,6 +181,13 @@ def test_api_workflow_runs_with_progress_previews_and_image(client, name):
     expected = IMG2IMG_SIZE if "img2img" in name else (1024, 1024)
     assert image.size == expected and image.format == "PNG"
     assert np.asarray(image).std() > 1  # not a constant image
+    for node_id, node in prompt.items():  # the scribble map's preview: a binary image
+        if node["class_type"] == "SanaSprintHEDPreprocessor":
+            (item,) = history["outputs"][node_id]["images"]
+            scribble = np.asarray(Image.open(io.BytesIO(client.server.view(item))))
+            assert set(np.unique(scribble).tolist()) <= {0, 255}, name
+            empty_pad = node["inputs"]["mode"] == "drawing"  # the live workflow's pad starts empty
+            assert scribble.max() == (0 if empty_pad else 255), name
 
 
 def test_headless_readme_command_writes_the_image(server, tmp_path):
@@ -232,18 +246,25 @@ def test_bad_inputs_give_400_with_node_errors(client):
 # SAMPLER + SIGMAS in ComfyUI's SamplerCustomAdvanced == SanaSprintSampler
 
 
-def _sampler_pair_prompt(steps: int, seed: int) -> dict:
-    """Both routes from the same loaders, prompt and latent, each saved with core SaveLatent."""
-    base = json.loads(json.dumps(_api_workflows()["sana_sprint_2step_text_to_image"]))
-    prompt = {k: base[k] for k in ("1", "2", "4", "5", "6")}
+def _sampler_pair_prompt(steps: int, seed: int, controlnet: bool = False) -> dict:
+    """Both routes from the same loaders, prompt (with the ControlNet of the HED workflow if asked) and
+    latent, each saved with core SaveLatent."""
+    name = "sana_sprint_controlnet_hed" if controlnet else "sana_sprint_2step_text_to_image"
+    base = json.loads(json.dumps(_api_workflows()[name]))
+    keep = ("1", "2", "3", "4", "5", "6", "9", "10", "11", "12") if controlnet else ("1", "2", "4", "5", "6")
+    prompt = {k: base[k] for k in keep}
     prompt["5"]["inputs"].update(width=256, height=192, batch_size=2, aspect_ratio="custom")
     prompt["6"]["inputs"].update(steps=steps, seed=seed)
+    if controlnet:  # the control image at the latent's size; HED at 256 px keeps the test quick
+        prompt["11"]["inputs"]["detect_resolution"] = 256
+        prompt["12"]["inputs"].update(width=256, height=192)
+    positive = prompt["6"]["inputs"]["positive"]
     schedule = {k: prompt["6"]["inputs"][k] for k in ("steps", "max_timestep", "intermediate_timestep", "denoise")}
     prompt.update({
         "20": {"class_type": "SanaSprintSigmas", "inputs": {**schedule, "timesteps": ""}},
         "21": {"class_type": "SanaSprintSCMSampler", "inputs": {}},
         "22": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
-        "23": {"class_type": "BasicGuider", "inputs": {"model": ["1", 0], "conditioning": ["4", 0]}},
+        "23": {"class_type": "BasicGuider", "inputs": {"model": ["1", 0], "conditioning": positive}},
         "24": {"class_type": "SamplerCustomAdvanced", "inputs": {
             "noise": ["22", 0], "guider": ["23", 0], "sampler": ["21", 0], "sigmas": ["20", 0],
             "latent_image": ["5", 0]}},
@@ -265,3 +286,16 @@ def test_sampler_custom_advanced_matches_our_sampler(client, steps):
     assert ours.shape == comfy.shape == (2, 32, 6, 8)
     assert ours.std() > 0.1
     torch.testing.assert_close(comfy, ours, rtol=1e-5, atol=1e-5 * float(ours.abs().max()))
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_sampler_custom_advanced_follows_the_controlnet_like_our_sampler(client, steps):
+    """The control rides in the conditioning: ComfyUI loads the ControlNet from `additional_models` and the
+    MODEL reads it from its extra conds; the result equals SanaSprintSampler's, and differs without it."""
+    _, history = _run_ok(client, _sampler_pair_prompt(steps, seed=21 + steps, controlnet=True))
+    ours, comfy = _latent(client.server, history, "30"), _latent(client.server, history, "31")
+    assert ours.shape == comfy.shape == (2, 32, 6, 8)
+    torch.testing.assert_close(comfy, ours, rtol=1e-5, atol=1e-5 * float(ours.abs().max()))
+    _, plain_history = _run_ok(client, _sampler_pair_prompt(steps, seed=21 + steps))
+    plain = _latent(client.server, plain_history, "30")
+    assert (plain - ours).abs().max() > 0.05
