@@ -217,3 +217,10 @@ GUIDANCE_INIT_STD = 0.02
 # StyleGAN-T discriminator head (NVlabs ladd_blocks.py): BatchNormLocal virtual batch, LeakyReLU
 # slope, kernel of the residual conv block.
 DISC_VIRTUAL_BATCH, DISC_LEAKY_SLOPE, DISC_RESIDUAL_KERNEL = 8, 0.2, 9
+
+# --- Training inside ComfyUI (nodes/train_*.py, trainers/session.py) ----------------------------------
+# Steps of the student sample behind the Distill node's validation preview: 1, the Sprint headline.
+TRAIN_PREVIEW_STEPS = 1
+# Public name of the flow-matching teacher the training workflow distils from, in models/diffusion_models
+# (NVlabs' SANA-Sprint 1.6B teacher in diffusers layout, as trainers/configs/lora_1600m.yaml names it).
+COMFY_TEACHER_NAME = "SANA_Sprint_1.6B_1024px_teacher_diffusers"

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from sana_sprint_core.checkpoint_io import read_state_dict_with_info, save_safetensors_atomic
+from sana_sprint_core.checkpoint_io import (
+    read_state_dict, read_state_dict_with_info, read_tensor_specs, resolve_checkpoint, save_safetensors_atomic,
+)
 
 LATEST = "latest.json"
 _TENSOR = "__tensor__:"
@@ -61,10 +63,11 @@ def save_nested(obj, path: Path) -> None:
 
 
 def load_nested(path: Path):
-    """Read what `save_nested` wrote."""
-    tensors, info = read_state_dict_with_info(path)
+    """Read what `save_nested` wrote (a state without tensors, e.g. an optimiser before its first step, too)."""
+    info = resolve_checkpoint(path)
     if "skeleton" not in info.metadata:
         raise ValueError(f"{path}: not a trainer state file (no 'skeleton' metadata)")
+    tensors = read_state_dict(path) if read_tensor_specs(path) else {}
     return unflatten_state(json.loads(info.metadata["skeleton"]), tensors)
 
 

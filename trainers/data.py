@@ -42,8 +42,31 @@ def _repeats(rel: Path) -> int:
     return 1
 
 
-def scan_dataset(image_dir: str | Path, caption_ext: str = ".txt", check_images: bool = True) -> list[Item]:
-    """All images under `image_dir` with their captions; raise listing every bad file by name."""
+@dataclass(frozen=True)
+class Scan:
+    """What `scan_folder` found: usable items and every skipped image with the reason."""
+
+    root: Path
+    items: list[Item]
+    missing_caption: list[str]  # image paths relative to root
+    unreadable: list[str]  # "<relative path> (<reason>)"
+
+    def problems(self, caption_ext: str) -> list[str]:
+        """One sentence per kind of bad file, naming every file."""
+        out = []
+        if self.missing_caption:
+            out.append(f"{len(self.missing_caption)} image(s) without a {caption_ext} caption: "
+                       f"{', '.join(self.missing_caption)}")
+        if self.unreadable:
+            out.append(f"{len(self.unreadable)} unreadable image(s): {', '.join(self.unreadable)}")
+        return out
+
+
+def scan_folder(image_dir: str | Path, caption_ext: str = ".txt", check_images: bool = True) -> Scan:
+    """All images under `image_dir` sorted by path, split into usable items and skipped files.
+
+    Raises only when the folder is missing or holds no image file at all.
+    """
     root = Path(image_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"data.image_dir {root} is not a folder of images")
@@ -55,20 +78,22 @@ def scan_dataset(image_dir: str | Path, caption_ext: str = ".txt", check_images:
         rel = f.relative_to(root)
         caption = f.with_suffix(caption_ext)
         if not caption.is_file():
-            missing.append(str(rel))
+            missing.append(rel.as_posix())
             continue
         if check_images and (problem := image_problem(f)):
-            corrupt.append(f"{rel} ({problem})")
+            corrupt.append(f"{rel.as_posix()} ({problem})")
             continue
         items.append(Item(f, caption.read_text(encoding="utf-8").strip(), _repeats(rel), rel.as_posix()))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} image(s) without a {caption_ext} caption: {', '.join(missing)}")
-    if corrupt:
-        problems.append(f"{len(corrupt)} unreadable image(s): {', '.join(corrupt)}")
+    return Scan(root, items, missing, corrupt)
+
+
+def scan_dataset(image_dir: str | Path, caption_ext: str = ".txt", check_images: bool = True) -> list[Item]:
+    """All images under `image_dir` with their captions; raise listing every bad file by name."""
+    scan = scan_folder(image_dir, caption_ext, check_images)
+    problems = scan.problems(caption_ext)
     if problems:
-        raise ValueError(f"data.image_dir {root}: " + "; ".join(problems))
-    return items
+        raise ValueError(f"data.image_dir {scan.root}: " + "; ".join(problems))
+    return scan.items
 
 
 def image_problem(path: Path) -> str | None:
@@ -118,3 +143,12 @@ def bucket_for(path: Path, resolution: int, buckets: bool) -> tuple[int, int]:
         return resolution, resolution
     with Image.open(path) as im:
         return nearest_bucket(im.height, im.width, make_buckets(resolution))
+
+
+def bucket_counts(items: list[Item], resolution: int, buckets: bool) -> dict[tuple[int, int], int]:
+    """Training size (height, width) -> number of images there, sizes sorted."""
+    counts: dict[tuple[int, int], int] = {}
+    for item in items:
+        size = bucket_for(item.image, resolution, buckets)
+        counts[size] = counts.get(size, 0) + 1
+    return dict(sorted(counts.items()))

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from sana_sprint_core.constants import DISC_HEAD_BLOCKS
 from sana_sprint_core.constants import DISC_LEAKY_SLOPE as LEAKY_SLOPE
 from sana_sprint_core.constants import DISC_RESIDUAL_KERNEL as RESIDUAL_KERNEL
 from sana_sprint_core.constants import DISC_VIRTUAL_BATCH as VIRTUAL_BATCH
@@ -105,6 +106,16 @@ def check_head_blocks(blocks: Sequence[int], num_layers: int) -> None:
     if bad:
         raise ValueError(f"distill.head_blocks {list(blocks)} has indices {bad} outside the teacher's "
                          f"{num_layers} blocks (valid: 0..{num_layers - 1})")
+
+
+def fit_head_blocks(num_layers: int) -> list[int]:
+    """DISC_HEAD_BLOCKS when the teacher has them all; a shallower teacher gets the same relative
+    depths, block b of 19 -> round(b / 19 * (num_layers - 1)), duplicates dropped (our rule)."""
+    blocks = list(DISC_HEAD_BLOCKS)
+    if max(blocks) < num_layers:
+        return blocks
+    last = max(blocks)
+    return sorted({round(b / last * (num_layers - 1)) for b in blocks})
 
 
 @contextmanager

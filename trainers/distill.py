@@ -98,10 +98,23 @@ def load_teacher(cfg: Config, path: str, device) -> torch.nn.Module:
     return dit.to(device)
 
 
-def setup(cfg: Config, acc, teacher_path: str, base_hash: str) -> Run:
-    """Models, optimisers, data stream and the step generator of this process."""
+def check_loaded_teacher(cfg: Config, dit: torch.nn.Module, source: str) -> None:
+    """The checks `load_teacher` makes, for a teacher loaded elsewhere."""
+    check_teacher(dit, source)
+    if cfg.distill.ladd:
+        check_head_blocks(cfg.distill.head_blocks, dit.config.num_layers)
+
+
+def setup(cfg: Config, acc, teacher_path: str, base_hash: str, teacher: torch.nn.Module | None = None) -> Run:
+    """Models, optimisers, data stream and the step generator of this process.
+
+    `teacher`: an already loaded teacher DiT on acc.device (in-process runs); else model.teacher is loaded.
+    """
     torch.manual_seed(cfg.train.seed)  # adapter and head init: identical on every rank
-    teacher = load_teacher(cfg, teacher_path, acc.device)
+    if teacher is None:
+        teacher = load_teacher(cfg, teacher_path, acc.device)
+    else:
+        check_loaded_teacher(cfg, teacher, teacher_path or "(given teacher)")
     pair = build_pair(teacher, cfg.model, torch.Generator().manual_seed(cfg.train.seed))
     student = pair.student.to(acc.device)
     if not cfg.distill.scm:  # the logvar head only feeds the sCM loss
@@ -260,8 +273,13 @@ def train(cfg: Config) -> Path:
     return out
 
 
-def loop(run: Run, log: LossLog | None, start: int) -> None:
-    """Iterations start..max_steps-1 with logging, checkpoints and validation."""
+def loop(run: Run, log: LossLog | None, start: int, hooks=None) -> tuple[int, bool]:
+    """Iterations start..max_steps-1 with logging, checkpoints and validation; returns (steps done, stopped).
+
+    `hooks` (in-process runs, trainers.session.Hooks): `hooks.after_step(run, done, row)` runs after
+    every iteration; when it returns True before the last step, a checkpoint of `done` is written
+    (unless one was just saved) and the loop stops.
+    """
     from tqdm.auto import tqdm
 
     t = run.cfg.train
@@ -272,12 +290,18 @@ def loop(run: Run, log: LossLog | None, start: int) -> None:
             log.append(row)
             bar.set_postfix({k: f"{float(v):.4g}" for k, v in row.items() if k.startswith("loss_")})
         done = step + 1
-        if done % t.save_every == 0 or done == t.max_steps:
+        saved = t.save_every > 0 and done % t.save_every == 0 or done == t.max_steps
+        if saved:
             save(run, done)
         if t.validate_every > 0 and (done % t.validate_every == 0 or done == t.max_steps):
             if run.acc.is_main_process:
                 validate(run, done)
             run.acc.wait_for_everyone()
+        if hooks is not None and hooks.after_step(run, done, row) and done < t.max_steps:
+            if not saved:
+                save(run, done)
+            return done, True
+    return t.max_steps, False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
@@ -104,16 +106,35 @@ def metadata(kind: str, *, base_hash: str, base_name: str, steps: int, config_js
     return {META_PREFIX + k: str(v) for k, v in meta.items()}
 
 
-def export_lora(student: Student, path: str | os.PathLike, meta: dict[str, str], rank: int, alpha: float,
-                dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write the ComfyUI LoRA of a LoRA-mode student (atomic); returns the path."""
+@dataclass
+class LoraFile:
+    """A ComfyUI LoRA in memory: tensors (module docstring) and the string metadata of the file."""
+
+    tensors: dict[str, Tensor]
+    metadata: dict[str, str]
+
+    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write it atomically; floating tensors (not the alphas) cast to `dtype` when given."""
+        cast = {k: v.to(dtype) if dtype is not None and not k.endswith(".alpha") else v for k, v in self.tensors.items()}
+        save_safetensors_atomic(cast, path, metadata=self.metadata)
+        return Path(path)
+
+
+def lora_file(student: Student, meta: dict[str, str], rank: int, alpha: float,
+              dtype: torch.dtype = torch.float32) -> LoraFile:
+    """The ComfyUI LoRA of a LoRA-mode student with the LoRA metadata (rank, alpha, full modules)."""
     tensors = comfy_lora_state_dict(student.dit, dtype)
     if not any(k.endswith(".lora_down.weight") for k in tensors):
         raise ValueError("the student has no LoRA adapters (model.mode is 'full'?); export the full student instead")
     extra = {f"{META_PREFIX}lora_rank": str(rank), f"{META_PREFIX}lora_alpha": str(alpha),
              f"{META_PREFIX}full_modules": json.dumps(list(FULL_MODULES))}
-    save_safetensors_atomic(tensors, path, metadata={**meta, **extra})
-    return Path(path)
+    return LoraFile({k: v.cpu() for k, v in tensors.items()}, {**meta, **extra})
+
+
+def export_lora(student: Student, path: str | os.PathLike, meta: dict[str, str], rank: int, alpha: float,
+                dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write the ComfyUI LoRA of a LoRA-mode student (atomic); returns the path."""
+    return lora_file(student, meta, rank, alpha, dtype).save(path)
 
 
 def export_student(student: Student, path: str | os.PathLike, meta: dict[str, str],
@@ -135,3 +156,52 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The safetensors metadata of a file we wrote."""
     return dict(resolve_checkpoint(path).metadata)
 
+
+
+def layer_classes(dit: SanaSprintDiT) -> SimpleNamespace:
+    """The `operations` namespace a DiT was built with (a host's Linear / Conv2d classes)."""
+    return SimpleNamespace(Linear=type(dit.proj_out), Conv2d=type(dit.patch_embed.proj))
+
+
+def dit_like(template: SanaSprintDiT, state: dict[str, Tensor], config, device) -> SanaSprintDiT:
+    """A DiT of `config` from `state` (strict keys), of the class, layer classes and dtype of `template`.
+
+    The class is the template's own, so a host that imported the core under another package name
+    (the ComfyUI pack) gets its own class back. Tensors already in that dtype and on `device` become
+    the parameters without a copy.
+    """
+    with torch.device("meta"):
+        model = type(template)(config, operations=layer_classes(template), dtype=template.dtype)
+    model.requires_grad_(False)  # frozen, like a loaded model; a trainer unfreezes what it trains
+    model.load_state_dict({k: v.to(template.dtype) for k, v in state.items()}, strict=True, assign=True)
+    return model.to(device).eval()
+
+
+def lora_base_dit(teacher: SanaSprintDiT, device=None) -> SanaSprintDiT:
+    """What our LoRA applies to: the teacher's weights plus a zero guidance (CFG) embedder.
+
+    The LoRA stores the trained embedder as `.diff` over a zero base (module docstring), so adding
+    it here at strength s gives s times the trained embedder. Shares the teacher's tensors when they
+    are already on `device` (default: where the teacher is); the teacher is not modified.
+    """
+    if teacher.config.guidance_embeds:
+        raise ValueError("the DiT already has a guidance (CFG) embedder; a zero one is added only to a teacher")
+    device = teacher.proj_out.weight.device if device is None else torch.device(device)
+    config = teacher.config.replace(guidance_embeds=True)
+    with torch.device("meta"):
+        shapes = type(teacher)(config).state_dict()
+    state = {k: v.detach().to(device) for k, v in teacher.state_dict().items()}
+    for key, value in shapes.items():
+        if key not in state:
+            state[key] = torch.zeros(value.shape, dtype=teacher.dtype, device=device)
+    return dit_like(teacher, state, config, device)
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """sha256 over a module's state dict: names, dtypes, shapes and bytes, in key order."""
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -56,8 +56,13 @@ def _smooth(values: list[float], beta: float = 0.9) -> list[float]:
 
 
 def plot_losses(csv_path: str | Path, png_path: str | Path, size: tuple[int, int] = (900, 500)) -> Path:
-    """One panel per loss column (EMA-smoothed line over the raw points), written to png_path."""
-    rows = read_rows(csv_path)
+    """The loss plot of a loss CSV (`draw_losses`), written to png_path."""
+    draw_losses(read_rows(csv_path), size).save(png_path)
+    return Path(png_path)
+
+
+def draw_losses(rows: list[dict], size: tuple[int, int] = (900, 500)) -> Image.Image:
+    """One panel per loss column (EMA-smoothed line over the raw points), as a PIL RGB image."""
     panels = [(c, s) for c in _COLORS if (s := _series(rows, c))]
     w, h = size
     img = Image.new("RGB", (w, max(1, len(panels)) * h // 2), "white")
@@ -79,5 +84,4 @@ def plot_losses(csv_path: str | Path, png_path: str | Path, size: tuple[int, int
         draw.text((left, top - 15), f"{column}  (steps {s0}-{steps[-1]}, last {vals[-1]:.4g})", fill=(0, 0, 0))
         draw.text((2, top), f"{hi:.3g}", fill=(0, 0, 0))
         draw.text((2, bottom - 10), f"{lo:.3g}", fill=(0, 0, 0))
-    img.save(png_path)
-    return Path(png_path)
+    return img

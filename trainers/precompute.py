@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from torch import Tensor
 from sana_sprint_core.checkpoint_io import save_safetensors_atomic
 
 from .config import Config
-from .data import bucket_for, load_image, scan_dataset
+from .data import Item, bucket_for, load_image, scan_dataset
 
 INDEX = "index.json"
 NULL = "null.safetensors"
@@ -92,6 +93,51 @@ def cache_is_current(cfg: Config) -> bool:
     return data.get("version") == CACHE_VERSION and data.get("fingerprint") == fingerprint(cfg)
 
 
+# encode_text(prompt or prompts) -> (text (B, L, Dc), mask (B, L)); encode_image(image (1, 3, H, W) in
+# [0, 1]) -> diffusion latent (1, C, h, w); progress(done) after each item of a phase.
+TextFn = Callable[[str | list[str]], tuple[Tensor, Tensor]]
+ImageFn = Callable[[Tensor], Tensor]
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Captions:
+    """Text embeddings of every item's caption, the empty prompt and the validation prompts."""
+
+    texts: list[tuple[Tensor, Tensor]]  # per item: (text (1, L, Dc), mask (1, L))
+    null: tuple[Tensor, Tensor]  # (1, L, Dc), (1, L)
+    prompts: list[str]
+    prompt_embeds: tuple[Tensor, Tensor] | None  # (P, L, Dc), (P, L)
+
+
+def encode_captions(items: list[Item], encode_text: TextFn, prompts=(), progress: Progress | None = None) -> Captions:
+    """Phase 1 of the cache: every caption, the empty prompt (CFG's unconditional) and the prompts."""
+    null = encode_text("")
+    prompts = list(prompts)
+    embeds = encode_text(prompts) if prompts else None
+    texts = []
+    for i, item in enumerate(items):
+        texts.append(encode_text(item.caption))
+        if progress is not None:
+            progress(i + 1)
+    return Captions(texts, null, prompts, embeds)
+
+
+def write_cache(folder: str | Path, fingerprint: dict, items: list[Item], captions: Captions, encode_image: ImageFn,
+                resolution: int, buckets: bool, progress: Progress | None = None) -> Path:
+    """Phase 2: encode every image at its bucket size and write the cache folder (index last)."""
+    writer = CacheWriter(folder, fingerprint)
+    with torch.no_grad():
+        for i, (item, (text, mask)) in enumerate(zip(items, captions.texts)):
+            size = bucket_for(item.image, resolution, buckets)
+            latent = encode_image(load_image(item.image, size)[None])
+            writer.add(item.name, latent[0], text[0], mask[0], item.repeats)
+            if progress is not None:
+                progress(i + 1)
+    writer.finish(captions.null[0][0], captions.null[1][0], captions.prompts, captions.prompt_embeds)
+    return Path(folder)
+
+
 def precompute(cfg: Config, device: torch.device | str = "cpu") -> Path:
     """Encode every image (DC-AE) and caption (Gemma-2) of data.image_dir into data.cache_dir."""
     from sana_sprint_core.dcae import encode, load_vae
@@ -102,22 +148,13 @@ def precompute(cfg: Config, device: torch.device | str = "cpu") -> Path:
         if not value:
             raise ValueError(f"config key {key} is empty; the precompute stage needs it")
     items = scan_dataset(d.image_dir, d.caption_ext)
-    text_kw = dict(chi=d.chi, max_tokens=d.max_tokens)
     encoder = load_text_encoder(d.text_encoder, device=device)
-    null_text, null_mask = encode_prompt(encoder, "", **text_kw)
-    prompts = list(cfg.train.validation_prompts)
-    embeds = encode_prompt(encoder, prompts, **text_kw) if prompts else None
-    texts = [encode_prompt(encoder, item.caption, **text_kw) for item in items]
-    del encoder
+    captions = encode_captions(items, lambda text: encode_prompt(encoder, text, chi=d.chi, max_tokens=d.max_tokens),
+                               cfg.train.validation_prompts)
+    del encoder  # free Gemma before the DC-AE is loaded
     vae = load_vae(d.vae, device=device)
-    writer = CacheWriter(d.cache_dir, fingerprint(cfg))
-    with torch.no_grad():
-        for item, (text, mask) in zip(items, texts):
-            size = bucket_for(item.image, d.resolution, d.buckets)
-            latent = encode(vae, load_image(item.image, size)[None].to(device), tiled=d.vae_tiled)
-            writer.add(item.name, latent[0], text[0], mask[0], item.repeats)
-    writer.finish(null_text[0], null_mask[0], prompts, embeds)
-    return Path(d.cache_dir)
+    return write_cache(d.cache_dir, fingerprint(cfg), items, captions,
+                       lambda image: encode(vae, image.to(device), tiled=d.vae_tiled), d.resolution, d.buckets)
 
 
 @dataclass(frozen=True)
