@@ -10,6 +10,9 @@ from .latents import SanaSprintEmptyLatent
 from .live import SanaSprintLivePreview, SanaSprintScribblePad
 from .loaders import SanaSprintControlNetLoader, SanaSprintDiTLoader, SanaSprintTextEncoderLoader, SanaSprintVAELoader
 from .sampling import SanaSprintSampler, SanaSprintSCMSampler, SanaSprintSigmas
+from .train_data import SanaSprintDataset, SanaSprintPrecompute
+from .train_distill import SanaSprintDistill
+from .train_outputs import SanaSprintLoraLoader, SanaSprintLossGraph, SanaSprintSaveLoRA, SanaSprintSaveStudent
 from .vae import SanaSprintVAEDecode, SanaSprintVAEEncode
 
 NODES: list[type[io.ComfyNode]] = [
@@ -17,6 +20,9 @@ NODES: list[type[io.ComfyNode]] = [
     SanaSprintEmptyLatent, SanaSprintSampler, SanaSprintSCMSampler, SanaSprintSigmas,
     SanaSprintVAEDecode, SanaSprintVAEEncode, SanaSprintLivePreview, SanaSprintScribblePad,
     SanaSprintControlNetLoader, SanaSprintHEDPreprocessor, SanaSprintControlNetApply,
+    # training inside ComfyUI
+    SanaSprintDataset, SanaSprintPrecompute, SanaSprintDistill, SanaSprintLossGraph, SanaSprintSaveLoRA,
+    SanaSprintSaveStudent, SanaSprintLoraLoader,
 ]
 
 

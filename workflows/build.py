@@ -238,6 +238,76 @@ WORKFLOWS = {
 }
 
 
+# --- Training inside ComfyUI: distil a LoRA from a folder of images, then generate at 1 and 2 steps ----
+TEACHER_NAME = "SANA_Sprint_1.6B_1024px_teacher_diffusers"  # COMFY_TEACHER_NAME
+TRAIN_FOLDER = "sana_sprint_training"  # a folder of images + .txt captions in ComfyUI's input folder
+TRAIN_PROMPT = "a lighthouse on a rocky coast at sunset, in the style of the training images"
+
+SPECS.update({
+    "SanaSprintDataset": Spec((In("folder", "STRING"), In("resolution", "INT"), In("buckets", "BOOLEAN"),
+                               In("skip_bad_files", "BOOLEAN"), In("caption_extension", "STRING")),
+                              (("SANA_DATASET", "SANA_DATASET"), ("STRING", "STRING"))),
+    "SanaSprintPrecompute": Spec((_sock("dataset", "SANA_DATASET"), _sock("text_encoder", "SANA_TEXT_ENCODER"),
+                                  _sock("vae", "SANA_VAE"), In("preview_prompt", "STRING"),
+                                  In("complex_human_instruction", "BOOLEAN")),
+                                 (("SANA_TRAIN_CACHE", "SANA_TRAIN_CACHE"),)),
+    "SanaSprintDistill": Spec((
+        _sock("model", "MODEL"), _sock("cache", "SANA_TRAIN_CACHE"), In("mode", "COMBO"), In("rank", "INT"),
+        In("alpha", "FLOAT"), In("steps", "INT"), In("learning_rate", "FLOAT"), In("batch_size", "INT"),
+        In("scm_weight", "FLOAT"), In("ladd_weight", "FLOAT"), In("max_time_probability", "FLOAT"), In("seed", "INT"),
+        In("save_every", "INT"), In("preview_every", "INT"), In("output_name", "STRING"), In("resume", "BOOLEAN"),
+    ), (("MODEL", "MODEL"), ("SANA_LORA", "SANA_LORA"), ("LOSS_MAP", "LOSS_MAP"))),
+    "SanaSprintLossGraph": Spec((_sock("loss", "LOSS_MAP"),), (("IMAGE", "IMAGE"),)),
+    "SanaSprintSaveLoRA": Spec((_sock("lora", "SANA_LORA"), In("filename_prefix", "STRING"), In("destination", "COMBO"),
+                                In("weight_dtype", "COMBO")), (("STRING", "STRING"),)),
+})
+
+
+def _generate(first_id: int, steps: int, y: int) -> list[Node]:
+    """Sampler on the student MODEL (Distill output 0) at `steps`, decode, save."""
+    sampler = _sampler(steps, (5, 0), 1.0)
+    sampler.id, sampler.pos = first_id, (1240, y)
+    sampler.values["model"] = (12, 0)
+    return [
+        sampler,
+        Node(first_id + 1, "SanaSprintVAEDecode", {"samples": (first_id, 0), "vae": (3, 0), "tiled": "auto"},
+             (1600, y)),
+        Node(first_id + 2, "SaveImage", {"images": (first_id + 1, 0), "filename_prefix": f"SanaSprint_trained_{steps}step"},
+             (1860, y), size=(320, 320)),
+    ]
+
+
+def train_lora() -> list[Node]:
+    """Teacher + Gemma + DC-AE -> images folder -> cache -> Distill (LoRA) -> save LoRA, loss graph, and the
+    student sampled at 1 and 2 steps. Put images with .txt captions in input/sana_sprint_training first."""
+    loaders = _loaders()
+    loaders[0].values["model_name"] = TEACHER_NAME
+    distill = {"model": (1, 0), "cache": (11, 0), "mode": "lora", "rank": 32, "alpha": 32.0, "steps": 1000,
+               "learning_rate": 1e-4, "batch_size": 1, "scm_weight": 1.0, "ladd_weight": 0.5,
+               "max_time_probability": 0.5, "seed": SEED, "save_every": 250, "preview_every": 50,
+               "output_name": "sana_sprint_lora", "resume": False}
+    return [
+        *loaders,
+        Node(10, "SanaSprintDataset", {"folder": TRAIN_FOLDER, "resolution": 1024, "buckets": True,
+                                       "skip_bad_files": False, "caption_extension": ".txt"}, (420, 520),
+             size=(340, 200)),
+        Node(11, "SanaSprintPrecompute", {"dataset": (10, 0), "text_encoder": (2, 0), "vae": (3, 0),
+                                          "preview_prompt": TRAIN_PROMPT, "complex_human_instruction": True},
+             (420, 760), size=(380, 200)),
+        Node(12, "SanaSprintDistill", distill, (840, 420), size=(340, 480)),
+        Node(13, "SanaSprintSaveLoRA", {"lora": (12, 1), "filename_prefix": "sana_sprint_lora",
+                                        "destination": "loras", "weight_dtype": "bf16"}, (1240, 700)),
+        Node(14, "SanaSprintLossGraph", {"loss": (12, 2)}, (1240, 880), size=(460, 360)),
+        _prompt(TRAIN_PROMPT),
+        _empty_latent(),
+        *_generate(6, 1, 40),
+        *_generate(16, 2, 380),
+    ]
+
+
+WORKFLOWS["sana_sprint_train_lora"] = train_lora
+
+
 def widget_values(node: Node) -> list:
     """widgets_values in input order; seed is followed by its control value, an upload combo by 'image'."""
     out = []

@@ -19,9 +19,11 @@ PACK_NAME = "sanasprint_pack_under_test"
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     from tests.fixtures.comfy_models import write_tiny_models
+    from tests.fixtures.comfy_training import write_tiny_teacher
 
     root = tmp_path_factory.mktemp("comfy_models")
     write_tiny_models(root)
+    write_tiny_teacher(root)  # the training workflow's teacher
     return root
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tests.nodes import stubs_io
+from tests.nodes import stubs_io, stubs_training
 
 # --------------------------------------------------------------------------------------------------
 # comfy_api.latest (io, ui, ComfyExtension)
@@ -482,6 +482,7 @@ def build_modules(models_dir: Path) -> dict[str, types.ModuleType]:
         if name.startswith("comfy."):
             setattr(mods["comfy"], name.split(".", 1)[1], module)
     mods["folder_paths"] = _make_folder_paths(models_dir)
+    stubs_training.install(mods, _io_type)  # comfy.lora, patches, LOSS_MAP (training nodes)
     return mods
 
 
@@ -492,6 +493,7 @@ def reset_state() -> None:
     STATE.on_progress = None
     STATE.previews.clear()
     STATE.texts.clear()
+    stubs_training.reset()
 
 
 __all__ = ["build_modules", "reset_state", "STATE", "InterruptProcessingException"]

@@ -1,0 +1,246 @@
+"""Training inside a real ComfyUI (opt-in: COMFYUI_DIR, see tests/e2e/test_real_comfyui.py).
+
+    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy-venv/bin/python -m pytest tests/e2e -v
+
+A server with the pack, the tiny models plus a tiny teacher, and a folder of images with captions in
+its input folder runs the shipped training workflow (CI-sized values), streams progress events,
+progress text and previews, is interrupted through /interrupt and resumed, and ComfyUI's own
+LoraLoaderModelOnly loads the trained LoRA.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load as load_safetensors
+
+from tests.e2e.comfy_server import PREVIEW_FRAMES, Client, ComfyServer, Run
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
+
+REPO = Path(__file__).resolve().parents[2]
+PACK = "ComfyUI-SanaSprint"
+WORKFLOW = REPO / "workflows" / "api" / "sana_sprint_train_lora.json"
+TRAINING_NODES = ("SanaSprintDataset", "SanaSprintPrecompute", "SanaSprintDistill", "SanaSprintLossGraph",
+                  "SanaSprintSaveLoRA", "SanaSprintSaveStudent", "SanaSprintLoraLoader")
+TEXT_FRAME = 3  # protocol.BinaryEventTypes.TEXT: u32 length of the node id, the node id, utf-8 text
+DISTILL, SAVE_LORA, LOSS_GRAPH = "12", "13", "14"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tests.fixtures.comfy_models import write_tiny_models
+    from tests.fixtures.comfy_training import write_tiny_teacher, write_training_images
+
+    base = tmp_path_factory.mktemp("comfy_train_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
+    write_tiny_models(base / "models")
+    write_tiny_teacher(base / "models")
+    write_training_images(base / "input" / "sana_sprint_training")
+    srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log")
+    srv.base = base
+    try:
+        srv.wait_ready("SanaSprintDistill")
+        yield srv
+    finally:
+        srv.stop()
+        print(f"\n--- ComfyUI log (tail) ---\n{srv.log_tail(30)}")
+
+
+@pytest.fixture
+def client(server):
+    c = Client(server)
+    yield c
+    c.close()
+
+
+def follow(client: Client, prompt_id: str, on_event=None, timeout: float = 600.0) -> tuple[Run, list]:
+    """Client.follow that also keeps the progress-text frames: (run, [(node id, text)])."""
+    run, texts = Run(prompt_id), []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = client.ws.recv()
+        if isinstance(msg, bytes):
+            kind = struct.unpack(">I", msg[:4])[0]
+            if kind in PREVIEW_FRAMES:
+                run.previews.append((kind, msg[8:] if kind == 1 else msg))
+            elif kind == TEXT_FRAME:
+                n = struct.unpack(">I", msg[4:8])[0]
+                texts.append((msg[8:8 + n].decode(), msg[8 + n:].decode()))
+            continue
+        event = json.loads(msg)
+        if event.get("data", {}).get("prompt_id") != prompt_id:
+            continue
+        run.events.append(event)
+        if on_event is not None:
+            on_event(run, event)
+        if event["type"] in ("execution_error", "execution_interrupted"):
+            return run, texts
+        if event["type"] == "executing" and event["data"]["node"] is None:
+            return run, texts
+    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+def training_prompt(output_name: str, steps: int, **distill) -> dict:
+    """The shipped workflow with CI-sized values: 64 px images, a rank-4 LoRA, previews every iteration."""
+    prompt = json.loads(WORKFLOW.read_text())
+    prompt["10"]["inputs"]["resolution"] = 64
+    prompt[DISTILL]["inputs"].update(steps=steps, rank=4, alpha=4.0, learning_rate=1e-3, preview_every=1,
+                                     save_every=0, output_name=output_name, **distill)
+    prompt["5"]["inputs"].update(width=64, height=64, aspect_ratio="custom")
+    return prompt
+
+
+def submit(client: Client, prompt: dict, on_event=None):
+    status, answer = client.submit(prompt)
+    assert status == 200, answer
+    run, texts = follow(client, answer["prompt_id"], on_event)
+    if run.of_type("execution_interrupted"):
+        return run, texts, None
+    history = client.server.get(f"/history/{answer['prompt_id']}")[answer["prompt_id"]]
+    return run, texts, history
+
+
+def progress_of(run: Run, node: str) -> list[tuple[int, int]]:
+    return [(p["value"], p["max"]) for p in run.of_type("progress") if p["node"] == node]
+
+
+@pytest.fixture(scope="module")
+def trained(server):
+    c = Client(server)
+    try:
+        run, texts, history = submit(c, training_prompt("e2e_run", 3))
+    finally:
+        c.close()
+    errors = run.of_type("execution_error")
+    assert not errors, errors[0].get("exception_message")
+    return run, texts, history
+
+
+def test_training_nodes_are_registered(server):
+    info = server.get("/object_info")
+    for node in TRAINING_NODES:
+        assert info[node]["python_module"] == f"custom_nodes.{PACK}", node
+    assert info["SanaSprintDistill"]["output"] == ["MODEL", "SANA_LORA", "LOSS_MAP"]
+
+
+def test_training_workflow_runs_with_progress_text_and_previews(server, trained):
+    run, texts, history = trained
+    assert history["status"]["status_str"] == "success"
+    assert progress_of(run, DISTILL) == [(1, 3), (2, 3), (3, 3)]
+    distill_texts = [t for node, t in texts if node == DISTILL]
+    assert distill_texts[0].startswith("step 1/3 (G)  loss_scm ") and distill_texts[1].startswith("step 2/3 (D)  loss_d ")
+    assert any(node == "10" and t.startswith("3 image(s), 3 training example(s)") for node, t in texts)
+    assert len(run.previews) >= 3 + 1 + 2  # Distill every iteration, then the 1- and 2-step samplers
+    assert all(Image.open(io.BytesIO(jpeg)).format == "JPEG" for _, jpeg in run.previews)
+    for node in ("8", "18"):  # the student at 1 and 2 steps
+        (item,) = history["outputs"][node]["images"]
+        image = Image.open(io.BytesIO(server.view(item)))
+        assert image.size == (64, 64) and np.asarray(image).std() > 1
+    (graph,) = history["outputs"][LOSS_GRAPH]["images"]
+    assert Image.open(io.BytesIO(server.view(graph))).size == (900, 750)
+    (saved,) = history["outputs"][SAVE_LORA]["text"]
+    path = server.base / "models" / "loras" / "sana_sprint_lora_00001.safetensors"
+    assert saved == f"saved {path}"
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["sana_sprint.steps"] == "3" and meta["sana_sprint.lora_rank"] == "4"
+    checkpoints = server.base / "output" / "sana_sprint_training" / "e2e_run" / "checkpoints"
+    assert json.loads((checkpoints / "latest.json").read_text())["step"] == 3
+
+
+def test_interrupt_stops_training_with_a_checkpoint_and_resume_continues(server, client):
+    def interrupt_at_two(run, event):
+        data = event["data"]
+        if event["type"] == "progress" and data["node"] == DISTILL and data["value"] == 2:
+            assert server.post("/interrupt", {})[0] == 200
+
+    run, _, _ = submit(client, training_prompt("e2e_chunks", 400), interrupt_at_two)
+    interrupted = run.of_type("execution_interrupted")
+    assert interrupted and interrupted[0]["node_id"] == DISTILL, [e["type"] for e in run.events]
+    reported = max(v for v, _ in progress_of(run, DISTILL))
+    latest = server.base / "output" / "sana_sprint_training" / "e2e_chunks" / "checkpoints" / "latest.json"
+    step = json.loads(latest.read_text())["step"]
+    # the checkpoint holds the last finished iteration: the one reported, or the next one when the
+    # interrupt came while it ran (its progress update is where ComfyUI raised the interrupt)
+    assert 2 <= reported <= step <= reported + 1 < 400
+    run, _, history = submit(client, training_prompt("e2e_chunks", step + 2, resume=True))
+    assert history["status"]["status_str"] == "success", run.of_type("execution_error")
+    assert progress_of(run, DISTILL) == [(step + 1, step + 2), (step + 2, step + 2)]
+    assert json.loads(latest.read_text())["step"] == step + 2
+
+
+def _lora_prompt(lora_name: str) -> dict:
+    """Four samplers from one prompt: ours at 1 vs ours at 0 + ComfyUI's loader at 1, and ComfyUI's
+    loader straight on the teacher vs the teacher alone; each latent saved with core SaveLatent."""
+    base = json.loads(WORKFLOW.read_text())
+    prompt = {k: base[k] for k in ("1", "2", "4", "5")}
+    prompt["5"]["inputs"].update(width=64, height=64, aspect_ratio="custom")
+    ours = lambda strength, model: {"class_type": "SanaSprintLoraLoader",  # noqa: E731
+                                    "inputs": {"model": model, "lora_name": lora_name, "strength": strength}}
+    core = lambda model: {"class_type": "LoraLoaderModelOnly",  # noqa: E731
+                          "inputs": {"model": model, "lora_name": lora_name, "strength_model": 1.0}}
+    prompt.update({"40": ours(1.0, ["1", 0]), "41": ours(0.0, ["1", 0]), "42": core(["41", 0]), "43": core(["1", 0])})
+    for i, model in enumerate(("40", "42", "43", "1")):
+        sampler = dict(base["6"], inputs={**base["6"]["inputs"], "model": [model, 0], "seed": 5})
+        prompt[f"5{i}"] = sampler
+        prompt[f"6{i}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"5{i}", 0],
+                                                                 "filename_prefix": f"latents/lora{i}"}}
+    return prompt
+
+
+def _latent(server, history, node: str) -> torch.Tensor:
+    item = history["outputs"][node]["latents"][0]
+    return load_safetensors(server.view(item))["latent_tensor"]
+
+
+def test_comfyui_lora_loader_loads_our_lora(server, client, trained):
+    run, _, history = submit(client, _lora_prompt("sana_sprint_lora_00001.safetensors"))
+    assert history["status"]["status_str"] == "success", run.of_type("execution_error")
+    ours, core_on_zero, core_on_teacher, teacher = (_latent(server, history, f"6{i}") for i in range(4))
+    assert ours.shape == (1, 32, 2, 2) and ours.std() > 0.01
+    assert (ours - teacher).abs().max() > 1e-4  # the LoRA (and its guidance embedder) changes the result
+    # ComfyUI's LoraLoaderModelOnly on the teacher with the zero guidance embedder loads every key:
+    torch.testing.assert_close(core_on_zero, ours, rtol=1e-6, atol=1e-6)
+    # straight on the teacher it applies the low-rank pairs but cannot add the guidance embedder
+    assert (core_on_teacher - teacher).abs().max() > 1e-4
+    assert (core_on_teacher - ours).abs().max() > 1e-4
+    log = server.log.read_text(errors="replace")
+    assert "lora key not loaded: diffusion_model.time_embed.guidance_embedder.linear_1.diff" in log
+
+
+def test_saved_student_loads_back_with_the_same_output(server, client, trained):
+    base = json.loads(WORKFLOW.read_text())
+    lora = {"class_type": "SanaSprintLoraLoader",
+            "inputs": {"model": ["1", 0], "lora_name": "sana_sprint_lora_00001.safetensors", "strength": 1.0}}
+    save = {"class_type": "SanaSprintSaveStudent", "inputs": {"model": ["40", 0], "filename_prefix": "e2e_student",
+                                                             "destination": "diffusion_models", "weight_dtype": "fp32"}}
+    run, _, history = submit(client, {"1": base["1"], "40": lora, "70": save})
+    assert history["status"]["status_str"] == "success", run.of_type("execution_error")
+    path = server.base / "models" / "diffusion_models" / "e2e_student_00001.safetensors"
+    assert history["outputs"]["70"]["text"] == [f"saved {path}"]
+    prompt = {k: base[k] for k in ("1", "2", "4", "5")}
+    prompt["5"]["inputs"].update(width=64, height=64, aspect_ratio="custom")
+    prompt["40"] = lora
+    prompt["71"] = {"class_type": "SanaSprintDiTLoader", "inputs": {"model_name": path.name, "weight_dtype": "fp32"}}
+    for i, model in enumerate(("40", "71")):
+        prompt[f"5{i}"] = dict(base["6"], inputs={**base["6"]["inputs"], "model": [model, 0], "seed": 9, "steps": 2})
+        prompt[f"6{i}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"5{i}", 0],
+                                                                 "filename_prefix": f"latents/student{i}"}}
+    run, _, history = submit(client, prompt)
+    assert history["status"]["status_str"] == "success", run.of_type("execution_error")
+    patched, loaded = _latent(server, history, "60"), _latent(server, history, "61")
+    assert patched.std() > 0.01
+    torch.testing.assert_close(loaded, patched, rtol=1e-5, atol=1e-5)
