@@ -15,8 +15,14 @@ from .steps import Batch
 class BatchStream:
     """Endless stream of index lists; `state()` / `load_state()` for checkpoints."""
 
-    def __init__(self, dataset: CachedDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, dataset: CachedDataset, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 control_strength: float | None = None):
+        """control_strength: ControlNet modes, the batches carry the cached control latents at this strength."""
+        if control_strength is not None and not dataset.has_control:
+            raise ValueError(f"data.cache_dir {dataset.folder} holds no control latents; a ControlNet run needs a "
+                             "cache built with the controlnet section (precompute makes HED scribbles of data.image_dir)")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.control_strength = control_strength
         self.rank, self.world = rank, world
         self.epoch, self.pos = 0, 0
         self._batches: list[list[int]] | None = None
@@ -46,12 +52,16 @@ class BatchStream:
 
     def next(self, device: torch.device | str = "cpu") -> Batch:
         """The next Batch, on `device`."""
-        latents, texts, masks = zip(*(self.dataset.get(i) for i in self.next_ids()))
+        ids = self.next_ids()
+        latents, texts, masks = zip(*(self.dataset.get(i) for i in ids))
         b = len(latents)
         null_text = self.dataset.null_text[None].expand(b, -1, -1)
         null_mask = self.dataset.null_mask[None].expand(b, -1)
         parts = (torch.stack(latents), torch.stack(texts), torch.stack(masks), null_text, null_mask)
-        return Batch(*(p.to(device) for p in parts))
+        if self.control_strength is None:
+            return Batch(*(p.to(device) for p in parts))
+        control = torch.stack([self.dataset.get_control(i) for i in ids]).to(device)
+        return Batch(*(p.to(device) for p in parts), control=control, control_strength=self.control_strength)
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}

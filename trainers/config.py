@@ -17,15 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sana_sprint_core.constants import (
-    ADV_LAMBDA, DISC_HEAD_BLOCKS, DISC_P_MEAN, DISC_P_STD, GRAD_CLIP, LARGEST_TIMESTEP_PROB, LR_FULL,
-    MAX_TEXT_TOKENS, SCM_CFG_SCALES, SCM_LAMBDA, SCM_P_MEAN, SCM_P_STD, TANGENT_NORM_EPS, TANGENT_WARMUP_STEPS,
+    ADV_LAMBDA, CONTROLNET_BLOCKS, DISC_HEAD_BLOCKS, DISC_P_MEAN, DISC_P_STD, GRAD_CLIP, HED_SIZE_MULTIPLE,
+    LARGEST_TIMESTEP_PROB, LR_FULL, MAX_TEXT_TOKENS, SCM_CFG_SCALES, SCM_LAMBDA, SCM_P_MEAN, SCM_P_STD,
+    SCRIBBLE_TRAIN_THICKNESS_MAX, TANGENT_NORM_EPS, TANGENT_WARMUP_STEPS,
 )
+from sana_sprint_core.controlnet import WIRINGS
 
 MODES = ("lora", "full")
 OPTIMIZERS = ("adamw", "adafactor")
 PRECISIONS = ("no", "bf16", "fp16")
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16")
 DISTRIBUTED = ("ddp", "fsdp")
+CONTROLNET_MODES = ("off", "distill", "train")
+CONTROLNET_INITS = ("auto", "teacher", "backbone")
 # LoRA targets: every Linear of both attentions (module names of SanaSprintDiT, = diffusers names).
 DEFAULT_LORA_TARGETS = (
     "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
@@ -139,6 +143,28 @@ class TrainConfig:
 
 
 @dataclass
+class ControlNetTrainConfig:
+    """ControlNet modes (trainers/controlnet.py): a ControlNet for a frozen SANA-Sprint DiT.
+
+    off: distil the DiT itself (the sections above). distill: teacher = a Sana ControlNet on its Sana
+    base (model.teacher, or the base inside an NVlabs ControlNet file), student = a ControlNet on the
+    frozen `backbone`, trained with sCM + LADD. train: no teacher; the denoising loss on the data.
+    """
+
+    mode: str = "off"
+    teacher_controlnet: str = ""  # the Sana ControlNet to distil (NVlabs .pth, diffusers folder or ours)
+    backbone: str = ""  # the SANA-Sprint DiT the new ControlNet steers (frozen)
+    init: str = "auto"  # teacher: copy teacher_controlnet; backbone: its first blocks, zero projections; auto
+    num_blocks: int = CONTROLNET_BLOCKS  # init backbone only
+    wiring: str = "nvlabs"  # init backbone only (a teacher copy keeps the teacher's)
+    hed_model: str = ""  # ControlNetHED.pth: the training maps are HED scribbles of data.image_dir
+    detect_resolution: int = 0  # HED map short side; 0 = data.resolution
+    thickness_min: int = 0  # scribble thickness drawn per image in [min, max] (NVlabs: 0..24)
+    thickness_max: int = SCRIBBLE_TRAIN_THICKNESS_MAX
+    strength: float = 1.0  # conditioning strength of teacher and student during training
+
+
+@dataclass
 class Config:
     """The whole trainer configuration."""
 
@@ -148,12 +174,14 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    controlnet: ControlNetTrainConfig = field(default_factory=ControlNetTrainConfig)
 
 
 _CHOICES = {
     "model.mode": MODES, "model.weights_dtype": WEIGHT_DTYPES, "optim.optimizer": OPTIMIZERS,
     "prepare.optimizer": OPTIMIZERS,
     "train.mixed_precision": PRECISIONS, "train.distributed": DISTRIBUTED, "train.export_dtype": WEIGHT_DTYPES,
+    "controlnet.mode": CONTROLNET_MODES, "controlnet.init": CONTROLNET_INITS, "controlnet.wiring": WIRINGS,
 }
 
 
@@ -211,8 +239,9 @@ def validate(cfg: Config) -> Config:
         raise ValueError(f"config key model.weights_dtype is {cfg.model.weights_dtype!r} but train.mixed_precision is "
                          "'no': half-precision frozen weights need autocast; use mixed_precision bf16 or "
                          "weights_dtype fp32")
-    if not (cfg.distill.scm or cfg.distill.ladd):
+    if cfg.controlnet.mode != "train" and not (cfg.distill.scm or cfg.distill.ladd):
         raise ValueError("config keys distill.scm and distill.ladd are both false: enable at least one loss")
+    _validate_controlnet(cfg)
     if not cfg.distill.cfg_scales:
         raise ValueError("config key distill.cfg_scales is empty; the NVlabs recipe uses [4.0, 4.5, 5.0]")
     if not 0.0 <= cfg.distill.largest_timestep_prob <= 1.0:
@@ -225,6 +254,35 @@ def validate(cfg: Config) -> Config:
     if len(cfg.optim.betas) != 2:
         raise ValueError(f"config key optim.betas must hold 2 numbers, got {cfg.optim.betas}")
     return cfg
+
+
+def _validate_controlnet(cfg: Config) -> None:
+    """The controlnet section: what each mode needs, and ranges."""
+    c = cfg.controlnet
+    if c.mode == "off":
+        return
+    if not c.backbone:
+        raise ValueError(f"config key controlnet.backbone is empty; controlnet.mode {c.mode!r} trains a ControlNet "
+                         "for that SANA-Sprint DiT")
+    if c.mode == "distill" and not c.teacher_controlnet:
+        raise ValueError("config key controlnet.teacher_controlnet is empty; controlnet.mode 'distill' needs the Sana "
+                         "ControlNet to distil (e.g. Sana_1600M_1024px_BF16_ControlNet_HED.pth)")
+    if c.mode == "train" and (cfg.distill.scm or cfg.distill.ladd):
+        raise ValueError("controlnet.mode 'train' has no teacher and trains with the denoising loss only; set "
+                         "distill.scm and distill.ladd to false (or use controlnet.mode 'distill')")
+    if c.init == "teacher" and not c.teacher_controlnet:
+        raise ValueError("config key controlnet.init is 'teacher' but controlnet.teacher_controlnet is empty")
+    if cfg.prepare.enabled:
+        raise ValueError("prepare.enabled prepares a DiT teacher; the ControlNet modes keep their models as given")
+    if not 0 <= c.thickness_min <= c.thickness_max:
+        raise ValueError(f"config keys controlnet.thickness_min/max must satisfy 0 <= min <= max, got "
+                         f"{c.thickness_min}, {c.thickness_max}")
+    if c.detect_resolution and c.detect_resolution < HED_SIZE_MULTIPLE:
+        raise ValueError(f"config key controlnet.detect_resolution must be 0 (= data.resolution) or at least "
+                         f"{HED_SIZE_MULTIPLE}, got {c.detect_resolution}")
+    if c.num_blocks < 1 or c.strength < 0:
+        raise ValueError(f"config keys controlnet.num_blocks must be >= 1 and controlnet.strength >= 0, got "
+                         f"{c.num_blocks}, {c.strength}")
 
 
 def _check_numbers(key: str, values: list, kind: type) -> None:

@@ -137,10 +137,12 @@ def block_features(dit: nn.Module, blocks: Sequence[int]) -> Iterator[dict[int, 
             h.remove()
 
 
-def teacher_features(teacher: Callable[..., Tensor], dit: nn.Module, blocks: Sequence[int], *args) -> dict[int, Tensor]:
-    """Run `teacher(*args)` and return the hooked block features of `dit` (the teacher's DiT)."""
+def teacher_features(teacher: Callable[..., Tensor], dit: nn.Module, blocks: Sequence[int], *args,
+                     **kwargs) -> dict[int, Tensor]:
+    """Run `teacher(*args, **kwargs)` and return the hooked block features of `dit` (the teacher's DiT;
+    for a ControlledDiT its base blocks, so the features carry the control)."""
     with block_features(dit, blocks) as feats:
-        teacher(*args)
+        teacher(*args, **kwargs)
     missing = [b for b in blocks if b not in feats]
     if missing:
         raise RuntimeError(f"teacher forward did not run blocks {missing}")

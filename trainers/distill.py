@@ -5,6 +5,9 @@ Stages: precompute the latent/text cache (if missing or stale) -> optional teach
 distillation, alternating G and D iterations when LADD is on. Writes into train.output_dir:
 config.json, loss.csv, loss.png, checkpoints/, validation/, and the outputs sprint_lora.safetensors
 (LoRA mode) and sprint_student.safetensors (full mode, or LoRA mode with train.export_merged).
+ControlNet modes (config section `controlnet`, trainers/controlnet.py): the cache also holds the HED
+control latents, the student is a ControlNet on the frozen Sprint DiT, and the output is
+sprint_controlnet.safetensors.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from sana_sprint_core.dit_loading import load_dit
 
 from . import checkpoint as ckpt
+from . import controlnet
 from .batches import BatchStream
 from .config import Config, config_to_json, load_config, save_config
 from .discriminator import Discriminator, check_head_blocks
@@ -109,17 +113,22 @@ def setup(cfg: Config, acc, teacher_path: str, base_hash: str, teacher: torch.nn
     """Models, optimisers, data stream and the step generator of this process.
 
     `teacher`: an already loaded teacher DiT on acc.device (in-process runs); else model.teacher is loaded.
+    In the ControlNet modes: an already loaded ControlledDiT teacher (distill), else the config's files.
     """
     torch.manual_seed(cfg.train.seed)  # adapter and head init: identical on every rank
-    if teacher is None:
-        teacher = load_teacher(cfg, teacher_path, acc.device)
+    if controlnet.enabled(cfg):
+        pair = controlnet.build_control_pair(cfg, acc.device, teacher)
     else:
-        check_loaded_teacher(cfg, teacher, teacher_path or "(given teacher)")
-    pair = build_pair(teacher, cfg.model, torch.Generator().manual_seed(cfg.train.seed))
+        if teacher is None:
+            teacher = load_teacher(cfg, teacher_path, acc.device)
+        else:
+            check_loaded_teacher(cfg, teacher, teacher_path or "(given teacher)")
+        pair = build_pair(teacher, cfg.model, torch.Generator().manual_seed(cfg.train.seed))
     student = pair.student.to(acc.device)
     if not cfg.distill.scm:  # the logvar head only feeds the sCM loss
         student.logvar_linear.requires_grad_(False)
-    disc = Discriminator(teacher.config.hidden_size, cfg.distill.head_blocks).to(acc.device) if cfg.distill.ladd else None
+    dim = pair.teacher.dit.config.hidden_size if pair.teacher is not None else None
+    disc = Discriminator(dim, cfg.distill.head_blocks).to(acc.device) if cfg.distill.ladd else None
     opt_g = make_optimizer([p for p in student.parameters() if p.requires_grad], cfg, cfg.optim.lr)
     opt_d = make_optimizer(list(disc.parameters()), cfg, cfg.optim.disc_lr) if disc is not None else None
     if disc is not None:
@@ -128,8 +137,9 @@ def setup(cfg: Config, acc, teacher_path: str, base_hash: str, teacher: torch.nn
         student_w, opt_g = acc.prepare(student, opt_g)
         disc_w = None
     nets = Nets(student_w, student, pair.teacher, disc_w, disc)
+    strength = cfg.controlnet.strength if controlnet.enabled(cfg) else None
     stream = BatchStream(CachedDataset(cfg.data.cache_dir), cfg.train.batch_size, cfg.train.seed,
-                         acc.process_index, acc.num_processes)
+                         acc.process_index, acc.num_processes, control_strength=strength)
     generator = torch.Generator().manual_seed(cfg.train.seed + 7919 * acc.process_index)
     return Run(cfg, acc, nets, opt_g, opt_d, stream, generator, Path(cfg.train.output_dir), base_hash, teacher_path)
 
@@ -151,7 +161,8 @@ def iteration(run: Run, step: int) -> dict:
     with acc.autocast():
         if phase == "G":
             lr = _set_lr(run)
-            out = generator_step(run.nets, batch, cfg.distill, step, draws)
+            step_fn = controlnet.denoise_step if cfg.controlnet.mode == "train" else generator_step
+            out = step_fn(run.nets, batch, cfg.distill, step, draws)
             norm, applied = apply_update(run.opt_g, run.g_params, cfg.optim.grad_clip, acc.clip_grad_norm_)
             run.g_steps += 1
         else:
@@ -204,11 +215,14 @@ def resume(run: Run) -> int:
 
 
 def export(run: Run, steps: int) -> list[Path]:
-    """Write the outputs (main process): the LoRA and/or the full student, with metadata."""
+    """Write the outputs (main process): the LoRA and/or the full student, or the ControlNet, with metadata."""
     cfg, student = run.cfg, run.nets.student_core
-    meta = metadata("lora" if cfg.model.mode == "lora" else "student", base_hash=run.base_hash,
-                    base_name=Path(run.teacher_path).name, steps=steps, config_json=config_to_json(cfg))
+    kind = "controlnet" if controlnet.enabled(cfg) else "lora" if cfg.model.mode == "lora" else "student"
+    meta = metadata(kind, base_hash=run.base_hash, base_name=Path(run.teacher_path).name, steps=steps,
+                    config_json=config_to_json(cfg))
     dtype, paths = _DTYPES[cfg.train.export_dtype], []
+    if kind == "controlnet":  # base_model: the Sprint DiT the ControlNet is for
+        return [controlnet.export_controlnet(student, run.out / controlnet.CONTROLNET_FILE, meta, dtype)]
     if cfg.model.mode == "lora":
         paths.append(export_lora(student, run.out / LORA_FILE, meta, cfg.model.lora_rank, cfg.model.lora_alpha, dtype))
     if cfg.model.mode == "full" or cfg.train.export_merged:
@@ -229,22 +243,26 @@ def validate(run: Run, step: int) -> list[Path]:
     device = run.acc.device
     vae = load_vae(cfg.data.vae, device=device)
     model = run.nets.student_core.model
+    size, kwargs = tuple(cfg.train.validation_size), {}
+    if controlnet.enabled(cfg):  # every prompt with the control of the first cached image, at its size
+        size, kwargs = controlnet.validation_control(run.stream.dataset, cfg.controlnet.strength, vae, device)
     paths = save_validation(model, vae, text.to(device), mask.to(device), prompts, cfg.train.validation_steps,
-                            cfg.train.validation_guidance, tuple(cfg.train.validation_size), cfg.train.seed,
-                            run.out / "validation", step)
+                            cfg.train.validation_guidance, size, cfg.train.seed, run.out / "validation", step,
+                            model_kwargs=kwargs)
     del vae
     return paths
 
 
 def prepare_inputs(cfg: Config, acc) -> tuple[str, str]:
     """Cache (precompute if stale) and teacher (prepare if asked); returns (teacher path, its sha256).
+    In the ControlNet modes the returned model is controlnet.backbone, the base of the output.
 
     Without data.image_dir, data.cache_dir is used as it is (a cache built before or elsewhere).
     """
     if acc.is_main_process and cfg.data.image_dir and not cache_is_current(cfg):
         precompute(cfg, acc.device)
     acc.wait_for_everyone()
-    teacher = cfg.model.teacher
+    teacher = cfg.controlnet.backbone if controlnet.enabled(cfg) else cfg.model.teacher
     if cfg.prepare.enabled:
         from .prepare import prepare_teacher
 

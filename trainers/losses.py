@@ -99,6 +99,17 @@ def with_max_time(t: Tensor, u: Tensor, prob: float, t_max: float) -> Tensor:
     return torch.where(u < prob, torch.full_like(t, t_max), t)
 
 
+def denoising_loss(f: Tensor, x0: Tensor, noise: Tensor, t: Tensor, sigma_data: float = SIGMA_DATA) -> Tensor:
+    """mean (F - (cos t z - sin t x0) / sigma_d)^2: the TrigFlow diffusion loss (sCM Sec. 2).
+
+    The target is dx_t/dt / sigma_d for x_t = cos t x0 + sin t z (z ~ N(0, sigma_d^2)); at zero loss
+    the one-step estimate cos t x_t - sin t sigma_d F equals x0. Used to train a ControlNet on a
+    frozen consistency model without a teacher (controlnet.mode 'train'). f, x0, noise (B, C, H, W).
+    """
+    target = trigflow.prediction_from_x0_noise(x0, noise, trigflow.bcast(t, x0)) / sigma_data
+    return ((f.float() - target.float()) ** 2).mean()
+
+
 def flow_matching_loss(v_pred: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
     """mean (v - (eps - x0))^2: rectified-flow velocity loss of SANA, x_tau = (1 - tau) x0 + tau eps."""
     return ((v_pred.float() - (noise - x0).float()) ** 2).mean()

@@ -3,7 +3,8 @@
 Cache folder:
   index.json               fingerprint (encoders, resolution, ...), items [{name, shard, key, size, repeats}]
   shard_<k>.safetensors    latent.<key> (C, h, w) fp32 diffusion latents (DC-AE latent x 0.41407),
-                           text.<key> (L, Dc), mask.<key> (L,) int64
+                           text.<key> (L, Dc), mask.<key> (L,) int64; in the ControlNet modes also
+                           control.<key> (C, h, w), the DC-AE latent of the image's HED scribble
   null.safetensors         text (L, Dc), mask (L,): the empty-prompt embedding (CFG's unconditional)
   validation.safetensors   text.<i>, mask.<i> of the validation prompts (prompts in the metadata)
 `precompute` rebuilds the cache when the fingerprint differs; `CachedDataset` reads it lazily.
@@ -43,14 +44,21 @@ class CacheWriter:
         self.items: list[dict] = []
         self._pending: dict[str, Tensor] = {}
 
-    def add(self, name: str, latent: Tensor, text: Tensor, mask: Tensor, repeats: int = 1) -> None:
-        """latent (C, h, w), text (L, Dc), mask (L,)."""
+    def add(self, name: str, latent: Tensor, text: Tensor, mask: Tensor, repeats: int = 1,
+            control: Tensor | None = None) -> None:
+        """latent (C, h, w), text (L, Dc), mask (L,); control (C, h, w) the control image's latent, if any."""
         key = f"{len(self.items):06d}"
         shard = f"shard_{len(self.items) // ITEMS_PER_SHARD:05d}.safetensors"
         self._pending.update({f"latent.{key}": latent.float().cpu().contiguous(),
                               f"text.{key}": text.cpu().contiguous(), f"mask.{key}": mask.to(torch.int64).cpu()})
-        self.items.append({"name": name, "shard": shard, "key": key, "size": list(latent.shape[1:]),
-                           "repeats": int(repeats)})
+        item = {"name": name, "shard": shard, "key": key, "size": list(latent.shape[1:]), "repeats": int(repeats)}
+        if control is not None:
+            if tuple(control.shape) != tuple(latent.shape):
+                raise ValueError(f"{name}: control latent {tuple(control.shape)} differs from the image latent "
+                                 f"{tuple(latent.shape)}")
+            self._pending[f"control.{key}"] = control.float().cpu().contiguous()
+            item["control"] = True
+        self.items.append(item)
         if len(self.items) % ITEMS_PER_SHARD == 0:
             self._flush()
 
@@ -79,9 +87,14 @@ class CacheWriter:
 def fingerprint(cfg: Config) -> dict:
     """What the cache depends on; a change means the cache is rebuilt."""
     d = cfg.data
-    return {"image_dir": str(Path(d.image_dir).resolve()), "caption_ext": d.caption_ext, "resolution": d.resolution,
-            "buckets": d.buckets, "text_encoder": d.text_encoder, "vae": d.vae, "max_tokens": d.max_tokens,
-            "chi": d.chi, "validation_prompts": list(cfg.train.validation_prompts)}
+    out = {"image_dir": str(Path(d.image_dir).resolve()), "caption_ext": d.caption_ext, "resolution": d.resolution,
+           "buckets": d.buckets, "text_encoder": d.text_encoder, "vae": d.vae, "max_tokens": d.max_tokens,
+           "chi": d.chi, "validation_prompts": list(cfg.train.validation_prompts)}
+    c = cfg.controlnet
+    if c.mode != "off":  # the control maps (the seed draws the thicknesses)
+        out["controlnet"] = {"hed_model": c.hed_model, "detect_resolution": c.detect_resolution,
+                             "thickness": [c.thickness_min, c.thickness_max], "seed": cfg.train.seed}
+    return out
 
 
 def cache_is_current(cfg: Config) -> bool:
@@ -124,14 +137,19 @@ def encode_captions(items: list[Item], encode_text: TextFn, prompts=(), progress
 
 
 def write_cache(folder: str | Path, fingerprint: dict, items: list[Item], captions: Captions, encode_image: ImageFn,
-                resolution: int, buckets: bool, progress: Progress | None = None) -> Path:
-    """Phase 2: encode every image at its bucket size and write the cache folder (index last)."""
+                resolution: int, buckets: bool, progress: Progress | None = None,
+                encode_control: ImageFn | None = None) -> Path:
+    """Phase 2: encode every image at its bucket size and write the cache folder (index last).
+
+    encode_control (ControlNet modes): image -> the latent of its control image, stored beside it.
+    """
     writer = CacheWriter(folder, fingerprint)
     with torch.no_grad():
         for i, (item, (text, mask)) in enumerate(zip(items, captions.texts)):
             size = bucket_for(item.image, resolution, buckets)
-            latent = encode_image(load_image(item.image, size)[None])
-            writer.add(item.name, latent[0], text[0], mask[0], item.repeats)
+            image = load_image(item.image, size)[None]
+            control = None if encode_control is None else encode_control(image)[0]
+            writer.add(item.name, encode_image(image)[0], text[0], mask[0], item.repeats, control)
             if progress is not None:
                 progress(i + 1)
     writer.finish(captions.null[0][0], captions.null[1][0], captions.prompts, captions.prompt_embeds)
@@ -153,8 +171,14 @@ def precompute(cfg: Config, device: torch.device | str = "cpu") -> Path:
                                cfg.train.validation_prompts)
     del encoder  # free Gemma before the DC-AE is loaded
     vae = load_vae(d.vae, device=device)
+    encode_control = None
+    if cfg.controlnet.mode != "off":
+        from .controlnet import control_encoder
+
+        encode_control = control_encoder(cfg, vae, device)
     return write_cache(d.cache_dir, fingerprint(cfg), items, captions,
-                       lambda image: encode(vae, image.to(device), tiled=d.vae_tiled), d.resolution, d.buckets)
+                       lambda image: encode(vae, image.to(device), tiled=d.vae_tiled), d.resolution, d.buckets,
+                       encode_control=encode_control)
 
 
 @dataclass(frozen=True)
@@ -177,6 +201,7 @@ class CachedDataset:
                         for it in data["items"] for _ in range(it["repeats"])]
         if not self.entries:
             raise ValueError(f"data.cache_dir {self.folder} holds no items")
+        self.has_control = all(it.get("control", False) for it in data["items"])
         null = self._read(self.folder / NULL, ["text", "mask"])
         self.null_text, self.null_mask = null["text"], null["mask"]
 
@@ -193,6 +218,14 @@ class CachedDataset:
         e = self.entries[i]
         t = self._read(e.shard, [f"latent.{e.key}", f"text.{e.key}", f"mask.{e.key}"])
         return t[f"latent.{e.key}"], t[f"text.{e.key}"], t[f"mask.{e.key}"]
+
+    def get_control(self, i: int) -> Tensor:
+        """The control latent (C, h, w) of entry i (ControlNet caches)."""
+        if not self.has_control:
+            raise ValueError(f"data.cache_dir {self.folder} holds no control latents; rebuild it with the controlnet "
+                             "section set (precompute makes HED scribbles of the images)")
+        e = self.entries[i]
+        return self._read(e.shard, [f"control.{e.key}"])[f"control.{e.key}"]
 
     def validation_prompts(self) -> tuple[list[str], Tensor | None, Tensor | None]:
         """Validation prompts with their embeddings (B, L, Dc) and masks (B, L), if cached."""

@@ -73,12 +73,16 @@ def with_guidance_embedder(teacher: SanaSprintDiT, dtype: torch.dtype, *, copy: 
 
 
 class Student(nn.Module):
-    """TrigFlow F of the student DiT plus the logvar head: (F, logvar (B, 1))."""
+    """TrigFlow F of the student DiT plus the logvar head: (F, logvar (B, 1)).
+
+    `dit` is a SanaSprintDiT, or a ControlledDiT in the ControlNet modes (the control then comes
+    as the keyword `control`, passed through to it).
+    """
 
     def __init__(self, dit: SanaSprintDiT, logvar_scale: float = 1.0):
         super().__init__()
         self.model = TrigFlowModel(dit)
-        self.logvar_linear = nn.Linear(dit.config.hidden_size, 1, device=dit.proj_out.weight.device)
+        self.logvar_linear = nn.Linear(dit.config.hidden_size, 1, device=next(dit.parameters()).device)
         nn.init.xavier_uniform_(self.logvar_linear.weight)
         nn.init.zeros_(self.logvar_linear.bias)
         self.logvar_scale = logvar_scale
@@ -87,9 +91,10 @@ class Student(nn.Module):
     def dit(self) -> SanaSprintDiT:
         return self.model.dit
 
-    def forward(self, x_in: Tensor, s: Tensor, context: Tensor, mask: Tensor | None, guidance: Tensor):
+    def forward(self, x_in: Tensor, s: Tensor, context: Tensor, mask: Tensor | None, guidance: Tensor,
+                **model_kwargs):
         """x_in = x_t / sigma_d, s TrigFlow time (B,), guidance raw CFG scale (B,) -> (F, logvar)."""
-        f = self.model(x_in, s, context, mask, guidance)
+        f = self.model(x_in, s, context, mask, guidance, **model_kwargs)
         tau = trigflow.flow_time(at_least_fp32(s))
         _, c = self.dit.embed_conditions(tau, guidance, self.dit.dtype)  # c: time + CFG embedding (B, D)
         return f, self.logvar_linear(c.to(self.logvar_linear.weight.dtype)) * self.logvar_scale
@@ -106,9 +111,9 @@ class Teacher:
     def dit(self) -> SanaSprintDiT:
         return self.model.dit
 
-    def __call__(self, x_in: Tensor, s: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
+    def __call__(self, x_in: Tensor, s: Tensor, context: Tensor, mask: Tensor | None, **model_kwargs) -> Tensor:
         with self.view():
-            return self.model(x_in, s, context, mask, None)
+            return self.model(x_in, s, context, mask, None, **model_kwargs)
 
 
 def _tuner_layers(model: nn.Module) -> list[nn.Module]:

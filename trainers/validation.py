@@ -16,10 +16,11 @@ from sana_sprint_core.trigflow_model import TrigFlowModel
 
 @torch.no_grad()
 def sample_latents(model: TrigFlowModel, noise: Tensor, text: Tensor, mask: Tensor | None, guidance: float | None,
-                   steps: int, generator: torch.Generator) -> Tensor:
+                   steps: int, generator: torch.Generator, model_kwargs: dict | None = None) -> Tensor:
     """Multistep consistency sampling (sCM Alg. 1) on the SANA-Sprint schedule; `noise` is N(0, 1).
 
     Works for any latent shape (the core sampler fixes 32 channels); returns diffusion latents.
+    model_kwargs go to every model call (the ControlNet modes' `control`).
     """
     times = sprint_timesteps(steps)
     b = noise.shape[0]
@@ -28,7 +29,7 @@ def sample_latents(model: TrigFlowModel, noise: Tensor, text: Tensor, mask: Tens
     x0 = x
     for s, t in zip(times[:-1], times[1:]):
         s_b = torch.full((b,), s, device=noise.device)
-        pred = SIGMA_DATA * model(x / SIGMA_DATA, s_b, text, mask, g)
+        pred = SIGMA_DATA * model(x / SIGMA_DATA, s_b, text, mask, g, **(model_kwargs or {}))
         x0 = trigflow.x0_from_prediction(x, pred, torch.tensor(s))
         if t > 0:
             fresh = torch.randn(noise.shape, generator=generator).to(noise.device) * SIGMA_DATA
@@ -43,7 +44,8 @@ def to_pil(image: Tensor) -> Image.Image:
 
 
 def save_validation(model: TrigFlowModel, vae, text: Tensor, mask: Tensor, prompts: list[str], steps_list: list[int],
-                    guidance: float, size: tuple[int, int], seed: int, folder: Path, step: int) -> list[Path]:
+                    guidance: float, size: tuple[int, int], seed: int, folder: Path, step: int,
+                    model_kwargs: dict | None = None) -> list[Path]:
     """One PNG per (prompt, step count) in `folder`: step_<N>_p<i>_<k>step.png."""
     from sana_sprint_core.dcae import decode
 
@@ -55,7 +57,7 @@ def save_validation(model: TrigFlowModel, vae, text: Tensor, mask: Tensor, promp
     for k in steps_list:
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn(shape, generator=gen).to(device)
-        latents = sample_latents(model, noise, text, mask, guidance, k, gen)
+        latents = sample_latents(model, noise, text, mask, guidance, k, gen, model_kwargs)
         images = decode(vae, latents)
         for i in range(len(prompts)):
             path = folder / f"step_{step:08d}_p{i}_{k}step.png"
