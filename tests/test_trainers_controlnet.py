@@ -287,3 +287,32 @@ def test_controlnet_run_resumes_exactly(workspace):
     b = load_controlnet(resumed / cn.CONTROLNET_FILE).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss_d"] for r in read_rows(straight / "loss.csv")] == [r["loss_d"] for r in read_rows(resumed / "loss.csv")]
+
+
+def test_in_process_distillation_leaves_the_callers_models_alone(workspace):
+    """The node route: loaded backbone and teacher, hooks per step (loss rows, a controlled preview)."""
+    from sana_sprint_core.controlnet_loading import load_controlnet_base
+    from sana_sprint_core.dit import set_cross_attention
+    from trainers.session import Hooks, outcome_metadata
+
+    backbone = load_dit(workspace / "backbone.safetensors")
+    set_cross_attention(backbone, "sdpa")
+    path = workspace / "cn" / "teacher_cn.pth"
+    with torch.inference_mode():  # as a host loads its models (ComfyUI runs nodes in inference mode)
+        teacher = ControlledDiT(load_controlnet_base(path, overrides=HEADS), load_controlnet(path))
+    assert teacher.controlnet.input_block.weight.is_inference()  # autograd cannot use these as they are
+    frozen = {k: v.clone() for k, v in backbone.state_dict().items()}
+    seen, previews = [], []
+    hooks = Hooks(on_step=lambda done, total, row: seen.append((done, total, row["phase"])),
+                  on_preview=lambda done, latents: previews.append(latents), preview_every=2)
+    cfg = config_from_dict(cn_config(workspace, train={"output_dir": str(workspace / "inproc")}))
+    outcome = cn.train_in_process(cfg, backbone, teacher, hooks)
+    assert seen == [(1, 2, "G"), (2, 2, "D")] and not outcome.stopped
+    assert previews[0].shape == (1, 4, 4, 4) and torch.isfinite(previews[0]).all()
+    assert all(torch.equal(v, frozen[k]) for k, v in backbone.state_dict().items())
+    assert backbone.transformer_blocks[0].attn2.impl == "sdpa" and not backbone.gradient_checkpointing
+    net = cn.outcome_controlnet(outcome)
+    assert not torch.equal(net.input_block.weight, teacher.controlnet.input_block.weight.float())
+    assert outcome_metadata(outcome, "backbone")["sana_sprint.kind"] == "controlnet"
+    with pytest.raises(ValueError, match="controlnet.mode 'distill' needs teacher"):
+        cn.train_in_process(cfg, backbone, None)

@@ -59,13 +59,15 @@ def control_kwargs(control: Tensor | None, strength: float, repeats: int = 1) ->
     return {"control": ControlInput(latent, strength)}
 
 
-def load_backbone(cfg: Config, device) -> SanaSprintDiT:
-    """The frozen Sprint DiT the student ControlNet steers (a distilled model with a CFG embedder)."""
-    path = cfg.controlnet.backbone
-    if not path:
-        raise ValueError("config key controlnet.backbone is empty; give the SANA-Sprint DiT (file or folder) the "
-                         "ControlNet is trained for, e.g. Sana_Sprint_1.6B_1024px_diffusers")
-    dit = load_dit(path, dtype=WEIGHT_DTYPES[cfg.model.weights_dtype])
+def load_backbone(cfg: Config, device, dit: SanaSprintDiT | None = None) -> SanaSprintDiT:
+    """The frozen Sprint DiT the student ControlNet steers (a distilled model with a CFG embedder):
+    `dit` when given (in-process runs), else controlnet.backbone."""
+    path = cfg.controlnet.backbone or "(given backbone)"
+    if dit is None:
+        if not cfg.controlnet.backbone:
+            raise ValueError("config key controlnet.backbone is empty; give the SANA-Sprint DiT (file or folder) the "
+                             "ControlNet is trained for, e.g. Sana_Sprint_1.6B_1024px_diffusers")
+        dit = load_dit(path, dtype=WEIGHT_DTYPES[cfg.model.weights_dtype])
     if not dit.config.guidance_embeds:
         raise ValueError(f"controlnet.backbone {path} has no guidance (CFG) embedder, so it is not a distilled "
                          "SANA-Sprint model; give the Sprint DiT (the flow-matching Sana model is the teacher)")
@@ -112,11 +114,12 @@ def student_controlnet(cfg: Config, backbone: SanaSprintDiT, teacher_cn: SanaCon
     return net.train().requires_grad_(True)
 
 
-def build_control_pair(cfg: Config, device, teacher: ControlledDiT | None = None) -> Pair:
+def build_control_pair(cfg: Config, device, teacher: ControlledDiT | None = None,
+                       backbone: SanaSprintDiT | None = None) -> Pair:
     """Student (ControlNet on the frozen backbone, with the logvar head) and, in distill mode, the teacher.
 
-    `teacher`: an already loaded, frozen teacher (Sana base + ControlNet) for in-process runs; else
-    it is loaded from the config.
+    `teacher` (Sana base + ControlNet) and `backbone` (Sprint DiT): already loaded modules for
+    in-process runs, used as they are (`train_in_process` passes private ones); else the config's files.
     """
     if teacher is not None and not isinstance(teacher, ControlledDiT):
         raise ValueError(f"the ControlNet modes take the teacher as a ControlledDiT (Sana base + its ControlNet), "
@@ -129,7 +132,7 @@ def build_control_pair(cfg: Config, device, teacher: ControlledDiT | None = None
     teacher_cn = teacher_dit.controlnet if teacher_dit is not None else None
     if teacher_cn is None and _init_kind(cfg) == "teacher":
         teacher_cn = load_controlnet(cfg.controlnet.teacher_controlnet, dtype=torch.float32)
-    backbone = load_backbone(cfg, device)
+    backbone = load_backbone(cfg, device, backbone)
     net = student_controlnet(cfg, backbone, teacher_cn)
     checkpointing = cfg.model.gradient_checkpointing
     backbone.gradient_checkpointing = net.gradient_checkpointing = checkpointing
@@ -199,3 +202,44 @@ def control_encoder(cfg: Config, vae, device, generator: torch.Generator | None 
         return encode(vae, control.to(device), tiled=cfg.data.vae_tiled)
 
     return encode_control
+
+
+def private_controlnet(net: SanaControlNet, device) -> SanaControlNet:
+    """A ControlNet over copies-if-needed of `net`'s tensors (inference tensors are copied; autograd
+    runs through a frozen teacher ControlNet in the LADD branch), so the caller's module is untouched."""
+    from .session import _usable
+
+    with torch.device("meta"):
+        copy_ = SanaControlNet(net.config, dtype=net.dtype)
+    state = {k: _usable(v).to(device) for k, v in net.state_dict().items()}
+    copy_.load_state_dict(state, strict=True, assign=True)
+    return copy_.eval().requires_grad_(False)
+
+
+def train_in_process(cfg: Config, backbone: SanaSprintDiT, teacher: ControlledDiT | None = None, hooks=None):
+    """A ControlNet mode in this process (a host's route, like trainers.session.train_in_process).
+
+    backbone: the loaded Sprint DiT (on the training device), e.g. a ComfyUI MODEL's; teacher: for
+    mode distill, the loaded Sana base + its ControlNet (e.g. ControlledDiT(load_controlnet_base(f),
+    load_controlnet(f))). Neither is changed: the run uses private modules over the same tensors.
+    Returns trainers.session.Outcome; `outcome_controlnet` gives the trained ControlNet.
+    """
+    from .export import state_dict_sha256
+    from .session import private_dit, run_in_process
+
+    if not enabled(cfg):
+        raise ValueError("controlnet.mode is 'off'; distil a DiT with trainers.session.train_in_process")
+    if (cfg.controlnet.mode == "distill") != (teacher is not None):
+        raise ValueError(f"controlnet.mode {cfg.controlnet.mode!r} {'needs' if teacher is None else 'takes no'} "
+                         "teacher (a ControlledDiT: the Sana base with the ControlNet to distil)")
+    device = backbone.proj_out.weight.device
+    models = {"backbone": lambda: private_dit(backbone, device)}
+    if teacher is not None:
+        models["teacher"] = lambda: ControlledDiT(private_dit(teacher.dit, device),
+                                                  private_controlnet(teacher.controlnet, device))
+    return run_in_process(cfg, device, state_dict_sha256(backbone), hooks, **models)
+
+
+def outcome_controlnet(outcome, dtype: torch.dtype = torch.float32) -> SanaControlNet:
+    """The trained ControlNet of an in-process run, a CPU copy in `dtype` (save it with save_controlnet)."""
+    return copy.deepcopy(outcome.run.nets.student_core.dit.controlnet).to(device="cpu", dtype=dtype).eval()

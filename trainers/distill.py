@@ -109,15 +109,17 @@ def check_loaded_teacher(cfg: Config, dit: torch.nn.Module, source: str) -> None
         check_head_blocks(cfg.distill.head_blocks, dit.config.num_layers)
 
 
-def setup(cfg: Config, acc, teacher_path: str, base_hash: str, teacher: torch.nn.Module | None = None) -> Run:
+def setup(cfg: Config, acc, teacher_path: str, base_hash: str, teacher: torch.nn.Module | None = None,
+          backbone: torch.nn.Module | None = None) -> Run:
     """Models, optimisers, data stream and the step generator of this process.
 
     `teacher`: an already loaded teacher DiT on acc.device (in-process runs); else model.teacher is loaded.
-    In the ControlNet modes: an already loaded ControlledDiT teacher (distill), else the config's files.
+    In the ControlNet modes: an already loaded ControlledDiT teacher (distill) and Sprint `backbone`,
+    else the config's files.
     """
     torch.manual_seed(cfg.train.seed)  # adapter and head init: identical on every rank
     if controlnet.enabled(cfg):
-        pair = controlnet.build_control_pair(cfg, acc.device, teacher)
+        pair = controlnet.build_control_pair(cfg, acc.device, teacher, backbone)
     else:
         if teacher is None:
             teacher = load_teacher(cfg, teacher_path, acc.device)

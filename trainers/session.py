@@ -28,6 +28,7 @@ from sana_sprint_core.constants import DEFAULT_GUIDANCE, TRAIN_PREVIEW_STEPS
 
 from . import checkpoint as ckpt
 from .config import Config, config_to_json, save_config
+from .controlnet import control_kwargs
 from .distill import Run, loop, resume, setup
 from .export import LoraFile, dit_like, lora_file, merged_state_dict, metadata, state_dict_sha256
 from .logs import LossLog
@@ -116,9 +117,12 @@ def preview_latents(run: Run) -> Tensor:
     model = run.nets.student_core.model
     generator = torch.Generator().manual_seed(run.cfg.train.seed)
     noise = torch.randn((1, model.dit.config.in_channels, h, w), generator=generator).to(device)
+    control = {}  # ControlNet modes: the first item's control, which has its size
+    if run.stream.control_strength is not None:
+        control = control_kwargs(data.get_control(0)[None].to(device), run.stream.control_strength)
     with run.acc.autocast():
         latents = sample_latents(model, noise, text.to(device), mask.to(device), DEFAULT_GUIDANCE,
-                                 TRAIN_PREVIEW_STEPS, generator)
+                                 TRAIN_PREVIEW_STEPS, generator, control)
     return latents.float()
 
 
@@ -160,18 +164,30 @@ def _usable(t: Tensor) -> Tensor:
     return t.detach().clone() if t.is_inference() else t.detach()
 
 
+def private_dit(dit, device):
+    """A DiT over the same tensors as `dit` (copies of inference tensors only), so the run never
+    changes the caller's module (LoRA adapters, attention kernel, checkpointing flags)."""
+    return dit_like(dit, {k: _usable(v) for k, v in dit.state_dict().items()}, dit.config, device)
+
+
 def train_in_process(cfg: Config, teacher, hooks: Hooks | None = None) -> Outcome:
     """Distil in this process from a loaded teacher DiT (on the training device); see the module doc."""
     device = teacher.proj_out.weight.device
-    base_hash = state_dict_sha256(teacher)
+    return run_in_process(cfg, device, state_dict_sha256(teacher), hooks, teacher=lambda: private_dit(teacher, device))
+
+
+def run_in_process(cfg: Config, device, base_hash: str, hooks: Hooks | None = None, **models) -> Outcome:
+    """The run behind `train_in_process` (and the ControlNet modes' trainers.controlnet.train_in_process):
+    `models` are setup's already loaded models (teacher / backbone), each given as a function making
+    the private module, called once the run folder is checked."""
     out = Path(cfg.train.output_dir)
     if cfg.train.resume and cfg.train.resume != "latest":
         raise ValueError(f"train.resume must be '' or 'latest' in-process, got {cfg.train.resume!r}")
     check_run_folder(out, bool(cfg.train.resume), base_hash)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
-    private = dit_like(teacher, {k: _usable(v) for k, v in teacher.state_dict().items()}, teacher.config, device)
-    run = setup(cfg, SingleProcess(device, cfg.train.mixed_precision), "", base_hash, teacher=private)
+    private = {name: make() for name, make in models.items()}
+    run = setup(cfg, SingleProcess(device, cfg.train.mixed_precision), "", base_hash, **private)
     start = resume(run) if cfg.train.resume else 0
     if start > cfg.train.max_steps:
         raise ValueError(f"train.max_steps is {cfg.train.max_steps} but the run in {out} is already at step {start}; "
@@ -184,7 +200,7 @@ def train_in_process(cfg: Config, teacher, hooks: Hooks | None = None) -> Outcom
 def outcome_metadata(outcome: Outcome, base_name: str) -> dict[str, str]:
     """The safetensors metadata of the outputs of a finished run (kind set by the caller)."""
     cfg = outcome.run.cfg
-    kind = "lora" if cfg.model.mode == "lora" else "student"
+    kind = "controlnet" if cfg.controlnet.mode != "off" else "lora" if cfg.model.mode == "lora" else "student"
     meta = metadata(kind, base_hash=outcome.base_hash, base_name=base_name, steps=outcome.done,
                     config_json=config_to_json(cfg))
     return {**meta, "sana_sprint.base_model_hash_of": "state_dict"}
