@@ -63,7 +63,11 @@ def test_example_configs_load():
 
     folder = Path(__file__).resolve().parents[1] / "trainers" / "configs"
     files = sorted(folder.glob("*.yaml"))
-    assert len(files) == 3
+    assert len(files) == 4
     for path in files:
         cfg = load_config(path)
-        assert cfg.train.mixed_precision == "bf16" and cfg.model.teacher
+        assert cfg.train.mixed_precision == "bf16"
+        if cfg.controlnet.mode == "off":
+            assert cfg.model.teacher
+        else:  # the teacher's base comes from the ControlNet file
+            assert cfg.controlnet.backbone and cfg.controlnet.teacher_controlnet and cfg.controlnet.hed_model
