@@ -209,6 +209,11 @@ def test_distill_input_errors(nodes, env):
     sprint = run(nodes["SanaSprintDiTLoader"], model_name=COMFY_DIT_NAME, weight_dtype="fp32")[0]
     with pytest.raises(ValueError, match="already a distilled Sprint model"):
         run(nodes["SanaSprintDistill"], model=sprint, cache=env.cache, **{**FAST, "output_name": "sprint"})
+    with pytest.raises(ValueError, match="output_name '../x' must be a plain folder name"):
+        distill(nodes, env, "../x")
+    half = run(nodes["SanaSprintDiTLoader"], model_name=COMFY_TEACHER_NAME, weight_dtype="fp16")[0]
+    with pytest.raises(ValueError, match="teacher's weights are torch.float16; load it with weight_dtype bf16 or fp32"):
+        distill(nodes, env, "half", model=half)
     other = SimpleNamespace(**{**vars(env.cache), "text_channels": 2304})
     with pytest.raises(ValueError, match="2304-channel text embeddings, but the teacher expects 32 and 64"):
         distill(nodes, env, "x", cache=other)
