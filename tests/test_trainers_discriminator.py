@@ -67,3 +67,18 @@ def test_bad_head_blocks():
         check_head_blocks([0, 19], 3)
     with pytest.raises(ValueError, match="distinct"):
         Discriminator(8, [1, 1])
+
+
+def test_heads_cannot_see_a_common_scale_of_a_group():
+    """A property of the LADD head (StyleGAN-T design), not a bug: the first layer is conv -> local batch
+    norm, so features scaled by the same factor across a whole group of 8 give the same logits. Real and
+    fake are normalised apart, so a student whose samples are all too large (or too small) by a common
+    factor is not penalised for it; this is why LADD alone overshoots the amplitude in bench.distill_toy."""
+    torch.manual_seed(0)
+    disc = Discriminator(16, [0]).eval()
+    feats = torch.randn(8, 10, 16)
+    (base,) = disc({0: feats})
+    (scaled,) = disc({0: 1.4 * feats})
+    torch.testing.assert_close(scaled, base, rtol=1e-4, atol=1e-4)
+    (one_scaled,) = disc({0: torch.cat([1.4 * feats[:1], feats[1:]])})  # within a group the scale is visible
+    assert (one_scaled - base).abs().max() > 1e-2

@@ -104,3 +104,29 @@ def test_cli_dry_run_and_errors(workspace, tmp_path, capsys):
         train(config_from_dict(trainer_config(workspace, train={"distributed": "fsdp"})))
     with pytest.raises(ValueError, match="model.teacher is empty"):
         train(config_from_dict(trainer_config(workspace, model={"teacher": ""})))
+
+
+def test_g_and_d_iterations_update_only_their_own_networks(workspace):
+    """A G iteration moves the student and leaves the heads (weights and spectral-norm buffers) as they
+    were; a D iteration moves the heads and leaves the student."""
+    from trainers.distill import iteration, make_accelerator, setup
+
+    cfg = config_from_dict(trainer_config(workspace, model={"mode": "full"}))
+    run = setup(cfg, make_accelerator(cfg), cfg.model.teacher, "")
+    student, disc = run.nets.student_core, run.nets.disc_core
+
+    def snapshot():
+        return ({k: v.detach().clone() for k, v in student.state_dict().items()},
+                {k: v.detach().clone() for k, v in disc.state_dict().items()})
+
+    def changed(a, b):
+        return {k for k in a if not torch.equal(a[k], b[k])}
+
+    s0, d0 = snapshot()
+    assert iteration(run, 0)["phase"] == "G"
+    s1, d1 = snapshot()
+    assert changed(s0, s1) and not changed(d0, d1)
+    assert iteration(run, 1)["phase"] == "D"
+    s2, d2 = snapshot()
+    assert not changed(s1, s2) and changed(d1, d2)
+    assert any(k.endswith("original") for k in changed(d1, d2))  # a trained weight, not only a buffer

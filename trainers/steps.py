@@ -106,7 +106,12 @@ def scm_target(nets: Nets, batch: Batch, x_t: Tensor, t: Tensor, w: Tensor, r: f
 
 
 def adversarial_grad(nets: Nets, fake: Tensor, t_d: Tensor, batch: Batch, blocks) -> tuple[Tensor, Tensor]:
-    """(L_adv, dL_adv/d fake): hinge generator loss of the heads on teacher features of `fake`."""
+    """(L_adv, dL_adv/d fake): hinge generator loss of the heads on teacher features of `fake`.
+
+    The heads run in eval mode (NVlabs `disc.eval()` in the G phase): spectral norm then uses its
+    stored vectors instead of running a power iteration, so the G phase leaves the heads unchanged.
+    """
+    nets.disc.eval()  # the wrapper too (DDP), so every submodule follows
     leaf = fake.detach().requires_grad_(True)
     teacher = nets.teacher
     with teacher.view():  # the backward (and any checkpoint recompute) must see the teacher too
@@ -167,16 +172,40 @@ def fake_and_real(nets: Nets, batch: Batch, cfg: DistillConfig, draws: Draws):
         t_r = draws.scm_time(b, cfg.disc_p_mean, cfg.disc_p_std) if cfg.independent_disc_times else t_f
         real = draws.noised(x0, t_r)
         text, mask = batch.text, batch.mask
-        if cfg.misaligned_pairs and b > 1:  # real image with another image's caption counts as fake
+        partner = misaligned_partners(text, mask, batch.control) if cfg.misaligned_pairs and b > 1 else None
+        if partner is not None:  # real image with another image's caption counts as fake
             t_m = draws.scm_time(b, cfg.disc_p_mean, cfg.disc_p_std)
-            fake, t_f = torch.cat([fake, draws.noised(x0.roll(1, 0), t_m)]), torch.cat([t_f, t_m])
+            fake, t_f = torch.cat([fake, draws.noised(x0[partner], t_m)]), torch.cat([t_f, t_m])
             text, mask = _rep(text, 2), _rep(mask, 2)
     return (real, t_r, batch.text, batch.mask), (fake, t_f, text, mask)
+
+
+def misaligned_partners(text: Tensor, mask: Tensor, control: Tensor | None = None) -> Tensor | None:
+    """For each row i, the image index paired with caption i as a misaligned (fake) pair, or None.
+
+    NVlabs rolls the batch by one (row i gets image i - 1). A pair whose caption (and control
+    latent, in the ControlNet modes) equals row i's is a real, aligned pair: labelling it fake
+    would teach the heads that correct images are fake. So row i gets image i - k with the smallest
+    k >= 1 whose condition differs; with distinct captions this is exactly the roll by one. None
+    when all conditions are equal (no misaligned pair exists). text (B, L, Dc), mask (B, L).
+    """
+    b = text.shape[0]
+    keys = [(text * mask[..., None].to(text.dtype)).flatten(1), mask.flatten(1)]  # padding ignored
+    if control is not None:
+        keys.append(control.flatten(1))  # (B, C * h * w)
+    rows = torch.arange(b, device=text.device)
+    partner = torch.full((b,), -1, dtype=torch.long, device=text.device)
+    for k in range(1, b):
+        j = (rows - k) % b
+        differs = torch.stack([(key != key[j]).any(dim=1) for key in keys]).any(dim=0)  # (B,)
+        partner = torch.where((partner < 0) & differs, j, partner)
+    return None if bool((partner < 0).any()) else partner
 
 
 def discriminator_step(nets: Nets, batch: Batch, cfg: DistillConfig, draws: Draws) -> dict[str, Tensor]:
     """Forward + backward of the hinge discriminator loss on frozen teacher features."""
     real, fake = fake_and_real(nets, batch, cfg, draws)
+    nets.disc.train()  # spectral norm: one power iteration per forward (NVlabs `disc.train()`)
     n_real = real[0].shape[0]
     with torch.no_grad():
         x, t, text, mask = (torch.cat([r, f]) for r, f in zip(real, fake))
