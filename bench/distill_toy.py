@@ -1,6 +1,6 @@
 """Does the trainer distil? A tiny flow-matching teacher on synthetic data, then sCM / LADD / sCM+LADD students.
 
-    python -m bench.distill_toy [--quick] [--out FILE.json]
+    python -m bench.distill_toy [--quick] [--students scm,ladd,...] [--out FILE.json]
 
 Data: 4 classes of 4x4x4 "latents"; each class is a smooth pattern (a class-specific 2-D wave per
 channel) times a random amplitude, shifted by a random phase, plus small noise, so samples lie near a
@@ -9,15 +9,21 @@ random token sequence; the empty prompt is a separate one (CFG's unconditional i
 
 1. Teacher: a SanaSprintDiT (QK-norm, dense time, no CFG embedder) trained from scratch with the
    trainer's flow-matching step (trainers.prepare.fm_step, caption dropout 0.1).
-2. Students: the real trainer (trainers.distill.train, full mode) on a cache of the data, once with
-   sCM only, once with LADD only, once with both, with the same number of student (G) updates each
-   (LADD runs alternate G and D iterations, so they run twice as many iterations).
-3. Evaluation at guidance w = EVAL_W, the same noise for everyone: teacher Euler with 1 and 32 steps
-   (real CFG), students with 1, 2, 4 sCM steps. Reported: SWD = sliced Wasserstein-1 distance
-   between generated and held-out data of the same class (mean over classes; lower is closer to the
-   data) and RMSE to the teacher's 32-step sample from the same noise. Multistep consistency sampling
-   re-noises with fresh noise between steps, so its 2- and 4-step samples are other samples of the
-   distribution, not the ODE solution of the first noise: for them SWD is the meaningful column.
+2. Students: the real trainer (trainers.distill.train, full mode) on a cache of the data: sCM only,
+   LADD only, both (recipe defaults), and LADD / both with `distill.misaligned_pairs: false`, with the
+   same number of student (G) updates each (LADD runs alternate G and D iterations, so they run twice
+   as many iterations).
+3. Evaluation with the same noise for everyone, at guidance EVAL_WS (1.5: the CFG the students are
+   asked for; 1.0: no CFG, where the teacher's distribution is the data's): teacher Euler with 1 and
+   32 steps (real CFG), students with 1, 2, 4 sCM steps, each student at its last LAST_CHECKPOINTS
+   checkpoints (60-100 % of the run; mean and standard deviation, the spread of a constant-lr run).
+   Reported: SWD = sliced Wasserstein-1 distance between generated and held-out data of the same
+   class (mean over classes), RMSE to the teacher's 32-step sample from the same noise, and the RMS
+   of the samples (the data's is about 1.04). Multistep consistency sampling re-noises with fresh
+   noise between steps, so its 2- and 4-step samples are other samples of the distribution, not the
+   ODE solution of the first noise: for them SWD is the meaningful column.
+4. For the LADD runs, the trained heads' mean logits on held-out real data, on the student's 1-step
+   samples and on misaligned pairs (all noised at discriminator times): how well the heads separate them.
 """
 
 from __future__ import annotations
@@ -33,17 +39,27 @@ import torch
 
 from sana_sprint_core.dit import SanaSprintDiT
 from sana_sprint_core.dit_config import DiTConfig
-from sana_sprint_core.dit_loading import load_dit, save_dit
+from sana_sprint_core.checkpoint_io import read_state_dict
+from sana_sprint_core.dit_loading import save_dit
 from sana_sprint_core.trigflow_model import TrigFlowModel
 from trainers.config import PrepareConfig, config_from_dict
-from trainers.distill import STUDENT_FILE, train
+from trainers.distill import train
 from trainers.precompute import CacheWriter
 from trainers.prepare import fm_step
 from trainers.steps import Batch, Draws
 from trainers.validation import sample_latents
 
 CLASSES, CHANNELS, SIDE, TOKENS, TEXT_DIM = 4, 4, 4, 4, 16
-EVAL_W = 1.5
+EVAL_WS = (1.5, 1.0)
+LAST_CHECKPOINTS = 5  # checkpoints every 10 % of a run; the last 5 (60-100 %) are evaluated
+# student name -> distill config keys (recipe defaults otherwise); "-nomis": misaligned pairs off
+STUDENTS = {
+    "scm": {"scm": True, "ladd": False},
+    "ladd": {"scm": False, "ladd": True},
+    "scm+ladd": {"scm": True, "ladd": True},
+    "ladd-nomis": {"scm": False, "ladd": True, "misaligned_pairs": False},
+    "scm+ladd-nomis": {"scm": True, "ladd": True, "misaligned_pairs": False},
+}
 CONFIG = DiTConfig(hidden_size=64, num_layers=3, num_heads=2, cross_heads=2, in_channels=CHANNELS,
                    out_channels=CHANNELS, caption_channels=TEXT_DIM, guidance_embeds=False, qk_norm=True)
 
@@ -100,21 +116,35 @@ def write_cache(folder: Path, latents, labels, texts, null) -> Path:
     return folder
 
 
-def distill(kind: str, work: Path, g_steps: int, batch: int) -> SanaSprintDiT:
-    """Run the real trainer (full mode) with sCM, LADD or both for `g_steps` student updates."""
-    steps = g_steps if kind == "scm" else 2 * g_steps
+def distill(name: str, work: Path, g_steps: int, batch: int) -> Path:
+    """Run the real trainer (full mode) for `g_steps` student updates; returns the run folder."""
+    keys = STUDENTS[name]
+    steps = g_steps if not keys["ladd"] else 2 * g_steps
     cfg = {
         "model": {"teacher": str(work / "teacher.safetensors"), "mode": "full", "weights_dtype": "fp32",
                   "gradient_checkpointing": False},
         "data": {"cache_dir": str(work / "cache")},
-        "distill": {"scm": kind != "ladd", "ladd": kind != "scm", "cfg_scales": [1.0, 1.5, 2.0],
-                    "head_blocks": [0, 1, 2], "tangent_warmup_steps": steps // 5},
+        "distill": {**keys, "cfg_scales": [1.0, 1.5, 2.0], "head_blocks": [0, 1, 2],
+                    "tangent_warmup_steps": steps // 5},
         "optim": {"lr": 3e-4, "disc_lr": 3e-4, "grad_clip": 1.0},
-        "train": {"output_dir": str(work / kind), "max_steps": steps, "batch_size": batch, "mixed_precision": "no",
-                  "save_every": steps, "validate_every": 0, "export_dtype": "fp32", "seed": 3},
+        "train": {"output_dir": str(work / name), "max_steps": steps,
+                  "batch_size": batch, "mixed_precision": "no", "save_every": steps // 10, "validate_every": 0,
+                  "export_dtype": "fp32", "seed": 3},
     }
-    out = train(config_from_dict(cfg))
-    return load_dit(out / STUDENT_FILE)
+    return train(config_from_dict(cfg))
+
+
+def checkpoint_students(out: Path) -> list[SanaSprintDiT]:
+    """The student DiTs of the run's last LAST_CHECKPOINTS checkpoints (trainable tensors = all, full mode)."""
+    folders = sorted(p for p in (out / "checkpoints").glob("step_*") if p.is_dir())[-LAST_CHECKPOINTS:]
+    students = []
+    for folder in folders:
+        saved = read_state_dict(folder / "student.safetensors")
+        state = {k.removeprefix("model.dit."): v for k, v in saved.items() if k.startswith("model.dit.")}
+        dit = SanaSprintDiT(CONFIG.replace(guidance_embeds=True))
+        dit.load_state_dict(state, strict=True)
+        students.append(dit.eval().requires_grad_(False))
+    return students
 
 
 @torch.no_grad()
@@ -140,33 +170,74 @@ def sliced_w1(a: torch.Tensor, b: torch.Tensor, projections: int = 256, seed: in
     return (pa - pb).abs().mean().item()
 
 
-def evaluate(samples: dict, reference, held_out, held_labels, labels) -> list[dict]:
-    """SWD to held-out data per class (mean) and RMSE to the teacher's many-step samples."""
-    rows = []
-    for name, x in samples.items():
-        swd = sum(sliced_w1(x[labels == c], held_out[held_labels == c]) for c in range(CLASSES)) / CLASSES
-        rmse = (x - reference).pow(2).mean().sqrt().item()
-        rows.append({"sampler": name, "swd_to_data": round(swd, 4), "rmse_to_teacher_32": round(rmse, 4)})
-    return rows
+def scores(x, reference, held_out, held_labels, labels) -> tuple[float, float, float]:
+    """(SWD to held-out data per class (mean), RMSE to the teacher's many-step samples, RMS of x)."""
+    swd = sum(sliced_w1(x[labels == c], held_out[held_labels == c]) for c in range(CLASSES)) / CLASSES
+    return swd, (x - reference).pow(2).mean().sqrt().item(), x.pow(2).mean().sqrt().item()
 
 
-def generate_all(teacher, students, texts, null, n: int, seed: int = 123):
-    """Samples of every sampler from the same noise; the noise order is fixed by `seed`."""
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return round(t.mean().item(), 3), round(t.std().item() if len(values) > 1 else 0.0, 3)
+
+
+def evaluate(teacher, students: dict, texts, null, held_out, held_labels, n: int, seed: int = 123) -> list[dict]:
+    """One row per sampler: per guidance w, (mean, sd) over checkpoints of SWD, RMSE to teacher-32, RMS."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % CLASSES
     noise = torch.randn(n, CHANNELS, SIDE, SIDE, generator=g)
     text, mask = texts[labels], torch.ones(n, TOKENS, dtype=torch.int64)
-    out = {"teacher Euler 1 step": teacher_euler(teacher, noise, text, null, EVAL_W, 1),
-           "teacher Euler 32 steps": teacher_euler(teacher, noise, text, null, EVAL_W, 32)}
-    for kind, student in students.items():
-        model = TrigFlowModel(student.eval())
-        for k in (1, 2, 4):
-            out[f"student {kind} {k} step"] = sample_latents(model, noise, text, mask, EVAL_W, k,
-                                                             torch.Generator().manual_seed(seed + k))
-    return out, labels
+    rows: dict[str, dict] = {}
+    for w in EVAL_WS:
+        reference = teacher_euler(teacher, noise, text, null, w, 32)
+        samplers = {f"teacher Euler {k} step{'s' * (k > 1)}": [teacher_euler(teacher, noise, text, null, w, k)]
+                    for k in (1, 32)}
+        for name, dits in students.items():
+            for k in (1, 2, 4):
+                samplers[f"student {name}, {k} step"] = [
+                    sample_latents(TrigFlowModel(d), noise, text, mask, w, k, torch.Generator().manual_seed(seed + k))
+                    for d in dits]
+        for name, xs in samplers.items():
+            per = list(zip(*(scores(x, reference, held_out, held_labels, labels) for x in xs)))
+            row = rows.setdefault(name, {"sampler": name})
+            for metric, values in zip(("swd", "rmse", "rms"), per):
+                row[f"{metric}_w{w}"] = mean_sd(list(values))
+    return list(rows.values())
 
 
-def run(quick: bool) -> dict:
+@torch.no_grad()
+def head_logits(out: Path, teacher, student, latents, labels, texts, n: int = 256, seed: int = 321) -> dict:
+    """Mean logits of the run's final heads on real data, the student's 1-step samples and misaligned
+    pairs (another class's image with this caption), each noised at discriminator times."""
+    from sana_sprint_core import trigflow
+    from sana_sprint_core.constants import SIGMA_DATA
+    from trainers.discriminator import Discriminator, teacher_features
+    from trainers.student import Teacher
+
+    disc = Discriminator(CONFIG.hidden_size, [0, 1, 2])
+    last = sorted(p for p in (out / "checkpoints").glob("step_*") if p.is_dir())[-1]
+    disc.load_state_dict(read_state_dict(last / "disc.safetensors"), strict=True)
+    disc.eval()
+    draws = Draws(torch.Generator().manual_seed(seed), "cpu")
+    idx = torch.randperm(latents.shape[0], generator=draws.generator)[:n]
+    x0, lab = latents[idx], labels[idx]
+    text, mask = texts[lab], torch.ones(n, TOKENS, dtype=torch.int64)
+    fake = sample_latents(TrigFlowModel(student), draws.normal(x0.shape), text, mask, EVAL_WS[0], 1, draws.generator)
+    other_class = (lab + 1 + torch.randint(CLASSES - 1, (n,), generator=draws.generator)) % CLASSES
+    pick = CLASSES * torch.randint(latents.shape[0] // CLASSES, (n,), generator=draws.generator) + other_class
+    if not bool((labels[pick] != lab).all()):  # make_data: the label of row i is i % CLASSES
+        raise RuntimeError("misaligned images must come from another class")
+    sets = {"real": x0, "student 1-step": fake, "misaligned": latents[pick]}
+    result = {}
+    for name, x in sets.items():
+        t = draws.scm_time(n, -0.6, 1.0)
+        noised = draws.noised(SIGMA_DATA * x, t)
+        feats = teacher_features(Teacher(teacher), teacher, [0, 1, 2], noised / SIGMA_DATA, t, text, mask)
+        result[name] = round(disc(feats)[0].mean().item(), 3)
+    return result
+
+
+def run(quick: bool, names: list[str]) -> dict:
     torch.set_num_threads(1)  # tiny models: one thread is fastest on a busy 2-core machine
     sizes = dict(teacher_steps=300, student_updates=60, batch=16, n_eval=256) if quick else \
         dict(teacher_steps=1500, student_updates=1000, batch=32, n_eval=512)
@@ -179,28 +250,48 @@ def run(quick: bool) -> dict:
     save_dit(teacher, work / "teacher.safetensors")
     write_cache(work / "cache", latents, labels, texts, null)
     t_teacher = time.time() - t0
-    students = {kind: distill(kind, work, sizes["student_updates"], sizes["batch"]) for kind in ("scm", "ladd", "scm+ladd")}
-    samples, eval_labels = generate_all(teacher, students, texts, null, sizes["n_eval"])
-    rows = evaluate(samples, samples["teacher Euler 32 steps"], held_out, held_labels, eval_labels)
+    runs = {name: distill(name, work, sizes["student_updates"], sizes["batch"]) for name in names}
+    students = {name: checkpoint_students(out) for name, out in runs.items()}
+    rows = evaluate(teacher, students, texts, null, held_out, held_labels, sizes["n_eval"])
+    heads = {name: head_logits(out, teacher, students[name][-1], latents, labels, texts)
+             for name, out in runs.items() if STUDENTS[name]["ladd"]}
     floor = sum(sliced_w1(make_data(sizes["n_eval"], seed=2)[0][held_labels == c], held_out[held_labels == c])
                 for c in range(CLASSES)) / CLASSES
-    return {"sizes": sizes, "rows": rows, "swd_data_vs_data": round(floor, 4), "eval_guidance": EVAL_W,
+    return {"sizes": sizes, "rows": rows, "heads": heads, "swd_data_vs_data": round(floor, 4),
+            "rms_data": round(held_out.pow(2).mean().sqrt().item(), 3), "eval_guidance": list(EVAL_WS),
             "seconds": {"teacher": round(t_teacher, 1), "total": round(time.time() - t0, 1)}}
 
 
 def markdown(result: dict) -> str:
-    lines = ["| sampler | SWD to data (lower better) | RMSE to teacher 32-step (same noise) |", "|---|---:|---:|"]
-    lines += [f"| {r['sampler']} | {r['swd_to_data']} | {r['rmse_to_teacher_32']} |" for r in result["rows"]]
-    lines.append(f"| (held-out data vs more data: SWD floor) | {result['swd_data_vs_data']} | |")
+    """The result as two markdown tables (samplers; heads)."""
+    cell = lambda v: f"{v[0]:.3f} ± {v[1]:.3f}" if v[1] else f"{v[0]:.3f}"  # noqa: E731
+    cols = [(m, w) for w in EVAL_WS for m in ("swd", "rmse", "rms")]
+    names = {"swd": "SWD to data", "rmse": "RMSE to teacher 32-step", "rms": "RMS"}
+    lines = ["| sampler | " + " | ".join(f"{names[m]}, w={w}" for m, w in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    lines += [f"| {r['sampler']} | " + " | ".join(cell(r[f"{m}_w{w}"]) for m, w in cols) + " |" for r in result["rows"]]
+    lines.append(f"| (held-out data vs more data: SWD floor; data RMS) | {result['swd_data_vs_data']} | | "
+                 f"{result['rms_data']} |" + " |" * (len(cols) - 3))
+    if result["heads"]:
+        lines += ["", "| LADD run: final heads' mean logit on | real | student 1-step | misaligned pairs |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {h['real']} | {h['student 1-step']} | {h['misaligned']} |"
+                  for name, h in result["heads"].items()]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few-minute smoke version (numbers not meaningful)")
+    parser.add_argument("--students", default=",".join(STUDENTS),
+                        help=f"comma-separated subset of: {', '.join(STUDENTS)} (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     args = parser.parse_args()
-    result = run(args.quick)
+    names = [n.strip() for n in args.students.split(",") if n.strip()]
+    unknown = [n for n in names if n not in STUDENTS]
+    if unknown or not names:
+        raise ValueError(f"--students {args.students!r}: unknown names {unknown}; known: {', '.join(STUDENTS)}")
+    result = run(args.quick, names)
     print(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
     if args.out:
