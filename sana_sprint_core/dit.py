@@ -119,7 +119,8 @@ class SanaSprintDiT(nn.Module):
         b, _, height, width = x.shape
         p = self.config.patch_size
         hw = (height // p, width // p)
-        h = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # (B, N, D), n = row * W + col
+        # (B, N, D), n = row * W + col; contiguous, so the whole residual stream is token-major
+        h = self.patch_embed.proj(x).flatten(2).transpose(1, 2).contiguous()
         t0, c = self.embed_conditions(timestep, guidance, h.dtype)
         y = self.caption_norm(self.caption_projection(context))
         bias = mask_to_bias(context_mask, h.dtype)

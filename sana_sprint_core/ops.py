@@ -18,20 +18,28 @@ def linear_as_conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
     On x86 CPU builds of torch the oneDNN convolution runs this 1.2-2x faster than the GEMM behind
     F.linear at the DiT's sizes (bench/bench_linear.py); the result differs only by fp32 rounding.
+    A non-contiguous x is copied first: a feature-strided x would make the convolution NCHW and its
+    output feature-strided too, which slows every later elementwise op (docs/benchmarks.md).
     """
     lead, features = x.shape[:-1], x.shape[-1]
-    h = x.reshape(1, 1, -1, features).permute(0, 3, 1, 2)  # (1, in, 1, M), channels-last view
+    h = x.contiguous().reshape(1, 1, -1, features).permute(0, 3, 1, 2)  # (1, in, 1, M), channels-last view
     y = F.conv2d(h, weight[:, :, None, None], bias)  # (1, out, 1, M), channels-last
     return y.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])
 
 
 # Below this many rows the GEMM is as fast (bench/bench_linear.py: 1 row is slower as a convolution).
 _MIN_ROWS = 16
+# oneDNN reorders the weight into its blocked layout on every call: a transient copy of the weight.
+# Above this size that copy would outweigh the saving in peak memory (Gemma-2's 2304 x 9216 MLP
+# weights: +81 MiB per call, against a 17 MiB output); they keep F.linear. The DiT's and DC-AE's
+# matrices are at most 2304 x 2240 (19.7 MiB) and keep the fast path.
+_MAX_WEIGHT_BYTES = 32 * 2**20
 
 
 def _conv_path(x: Tensor, weight: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.ndim >= 2 and x.numel() >= _MIN_ROWS * x.shape[-1])
+            and x.ndim >= 2 and x.numel() >= _MIN_ROWS * x.shape[-1]
+            and weight.numel() * weight.element_size() <= _MAX_WEIGHT_BYTES)
 
 
 class Linear(nn.Linear):

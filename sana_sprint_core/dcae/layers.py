@@ -6,6 +6,11 @@ Linear/Conv2d classes, see ../ops.py), `dtype` and `device`.
 
 Inference saves memory with in-place activations and residual adds; they are only used on tensors
 that no autograd graph needs (`_inplace_ok`), so training through the model stays correct.
+
+Fast paths (CPU fp32 inference, `_fast_ok`; switched per model with `set_fast_paths`): the RMS norm
+takes its statistic with one fused vector norm and applies weight and bias in one pass, and the
+UpBlock runs nearest-x2 + conv3x3 as sub-pixel 2x2 convolutions at the input resolution (subpixel.py).
+They equal the plain path up to fp32 rounding (tests/test_acceleration.py states the tolerance).
 """
 
 from __future__ import annotations
@@ -16,11 +21,24 @@ from torch import Tensor, nn
 
 from ..constants import DCAE_ATTN_EPS, DCAE_GLU_EXPAND, DCAE_NORM_EPS, DCAE_STAGE_FACTOR
 from ..ops import factory_kwargs, resolve
+from .subpixel import _phase_views, _shortcut_views, upsample_conv
 
 
 def _inplace_ok(x: Tensor) -> bool:
     """True when `x` can be overwritten: no autograd graph goes through it."""
     return not (torch.is_grad_enabled() and x.requires_grad)
+
+
+def _fast_ok(x: Tensor) -> bool:
+    """The fast paths run where they were measured to pay: CPU fp32 tensors no autograd graph needs."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and _inplace_ok(x)
+
+
+def set_fast_paths(model: nn.Module, enabled: bool) -> None:
+    """Turn the CPU fp32 fast paths (RMS norm, sub-pixel up-sampling) of every layer on or off."""
+    for module in model.modules():
+        if isinstance(module, (RMSNorm2d, UpBlock)):
+            module.fast = bool(enabled)
 
 
 def _silu(x: Tensor) -> Tensor:
@@ -59,11 +77,19 @@ def add_channel_to_space(out: Tensor, x: Tensor) -> Tensor:
     b, c_out, height, width = out.shape
     f = DCAE_STAGE_FACTOR  # the derivation above is for f = 2 (4 sub-pixels)
     r = f * f * c_out // x.shape[1]
-    if f != 2 or r not in (1, 2, 4) or not out.is_contiguous() or not _inplace_ok(out):
+    if f != 2 or r not in (1, 2, 4) or (f * f * c_out) % x.shape[1] or not _inplace_ok(out):
         return out + channel_to_space_repeat(x, c_out)
-    grid = out.view(b, c_out, height // f, f, width // f, f).permute(0, 1, 3, 5, 2, 4)  # (B, C_out, a, b, H, W)
-    src = x.reshape(b, c_out, f if r <= 2 else 1, f if r == 1 else 1, height // f, width // f)
-    grid.add_(src)
+    if out.is_contiguous():
+        grid = out.view(b, c_out, height // f, f, width // f, f).permute(0, 1, 3, 5, 2, 4)  # (B, C_out, a, b, H, W)
+        src = x.reshape(b, c_out, f if r <= 2 else 1, f if r == 1 else 1, height // f, width // f)
+        grid.add_(src)
+        return out
+    if not out.is_contiguous(memory_format=torch.channels_last):
+        return out + channel_to_space_repeat(x, c_out)
+    grid, skip = _phase_views(out, c_out), _shortcut_views(x, c_out)  # the same sums through (B, H, W, C) views
+    for a in (0, 1):
+        for bb in (0, 1):
+            grid[:, :, a, :, bb].add_(skip[a][bb])
     return out
 
 
@@ -80,12 +106,22 @@ class RMSNorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels, **kw))
         self.bias = nn.Parameter(torch.zeros(channels, **kw))
 
+    fast = True  # see set_fast_paths
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.fast and _fast_ok(x) and self.weight.dtype == x.dtype:
+            return self._fast_forward(x)
         mean_sq = x.float().pow(2).mean(dim=1, keepdim=True)  # (B, 1, H, W)
         out = (x * torch.rsqrt(mean_sq + self.eps)).to(x.dtype)  # normalised in fp32 (half inputs promote)
         w = self.weight.to(x.dtype)[:, None, None]  # (C, 1, 1)
         b = self.bias.to(x.dtype)[:, None, None]
         return out.mul_(w).add_(b) if _inplace_ok(out) else torch.addcmul(b, out, w)
+
+    def _fast_forward(self, x: Tensor) -> Tensor:
+        """Same formula: sum of squares by one fused norm kernel, weight and bias in one addcmul pass."""
+        mean_sq = torch.linalg.vector_norm(x, dim=1, keepdim=True).square_().div_(x.shape[1])  # (B, 1, H, W)
+        out = x * mean_sq.add_(self.eps).rsqrt_()
+        return torch.addcmul(self.bias[:, None, None], out, self.weight[:, None, None], out=out)
 
 
 class ResBlock(nn.Module):
@@ -247,6 +283,16 @@ class UpBlock(nn.Module):
         self.out_channels = out_channels
         self.conv = ops.Conv2d(in_channels, out_channels, 3, padding=1, **kw)
 
+    fast = True  # see set_fast_paths
+
     def forward(self, x: Tensor) -> Tensor:
+        if self._subpixel_ok(x):  # the same conv at the input resolution, shortcut added in the same pass
+            return upsample_conv(x, self.conv.weight, self.conv.bias, shortcut=True)
         out = self.conv(F.interpolate(x, scale_factor=DCAE_STAGE_FACTOR, mode="nearest"))  # frees the 4x input
         return add_channel_to_space(out, x)
+
+    def _subpixel_ok(self, x: Tensor) -> bool:
+        """Fast path only for a plain torch Conv2d (a host's casting layer keeps its own forward)."""
+        conv, ratio = self.conv, 4 * self.out_channels / x.shape[1]
+        return (self.fast and _fast_ok(x) and type(conv) is nn.Conv2d and conv.weight.dtype == x.dtype
+                and DCAE_STAGE_FACTOR == 2 and ratio in (1, 2, 4))
