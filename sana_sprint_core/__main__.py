@@ -7,8 +7,10 @@ import sys
 import time
 
 from .constants import DEFAULT_GUIDANCE, T_INTERMEDIATE_2STEP, T_MAX
+from .offload import OFFLOAD_MODES
 
 _DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_TILED = {"auto": "auto", "on": True, "off": False}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--intermediate-timestep", type=float, default=T_INTERMEDIATE_2STEP)
     g.add_argument("--device", default="cuda" if _cuda() else "cpu")
     g.add_argument("--dtype", choices=sorted(_DTYPES), default="auto", help="weights dtype (auto: as stored)")
+    g.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
+                   help="low VRAM: text_encoder = Gemma on the GPU only to encode; sequential = also the DiT "
+                        "block by block and the DC-AE only to decode (leanest; see docs/benchmarks.md)")
+    g.add_argument("--tiled-decode", choices=sorted(_TILED), default="auto",
+                   help="decode in tiles: auto = only after running out of memory")
     return ap
 
 
@@ -54,7 +61,8 @@ def _load(args):
     missing = [kind for kind, path in paths.items() if path is None]
     if missing:
         raise FileNotFoundError(missing_models_message(args.models_dir, missing))
-    return SprintPipeline.from_files(paths["dit"], paths["text_encoder"], paths["vae"], dtype=dtype, device=args.device)
+    return SprintPipeline.from_files(paths["dit"], paths["text_encoder"], paths["vae"], dtype=dtype, device=args.device,
+                                     offload=args.offload)
 
 
 def generate(args) -> list:
@@ -65,7 +73,7 @@ def generate(args) -> list:
     t0 = time.perf_counter()
     images = pipe(args.prompt, width=args.width, height=args.height, steps=args.steps, guidance=args.guidance,
                   seed=args.seed, timesteps=times, max_timestep=args.max_timestep,
-                  intermediate_timestep=args.intermediate_timestep)
+                  intermediate_timestep=args.intermediate_timestep, tiled_decode=_TILED[args.tiled_decode])
     paths = save_png(images, args.out)
     print(f"wrote {', '.join(map(str, paths))} in {time.perf_counter() - t0:.2f} s")
     return paths

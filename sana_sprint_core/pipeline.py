@@ -10,11 +10,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .acceleration import fast_cpu_linears
 from .constants import DEFAULT_GUIDANCE, LATENT_DOWNSCALE, MAX_TEXT_TOKENS, T_INTERMEDIATE_2STEP, T_MAX
 from .dcae import DCAE, decode, load_vae
 from .dit import SanaSprintDiT
 from .dit_loading import load_dit
 from .model_files import find_model, missing_models_message
+from .offload import OFFLOAD_MODES, Offloader
 from .sampler import sample
 from .text_cache import PromptCache
 from .text_encoder import TextEncoder, encode_prompt, load_text_encoder
@@ -30,21 +32,56 @@ class PromptOptions:
     lowercase: bool = False
 
 
-class SprintPipeline:
-    """The three models of SANA-Sprint, checked to fit each other, with a prompt cache."""
+class _ExecutionDeviceTextEncoder(TextEncoder):
+    """The same tokenizer and model, reporting the execution device while the model may sit on the CPU
+    (offload modes): encode_prompt puts the token ids there and keys the cache by it."""
 
-    def __init__(self, dit: SanaSprintDiT, text_encoder: TextEncoder, vae: DCAE, cache_size: int = 64):
+    def __init__(self, base: TextEncoder, device: torch.device):
+        super().__init__(base.tokenizer, base.model, base.identity)
+        self._device = device
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+
+class SprintPipeline:
+    """The three models of SANA-Sprint, checked to fit each other, with a prompt cache.
+
+    offload (see offload.py): "none" keeps the models where they are; "text_encoder" keeps Gemma on
+    the CPU except while it encodes (alone on the device); "sequential" also streams the DiT block by
+    block and brings the DC-AE only to decode. `device` is where the work runs (default: the DiT's);
+    offloaded weights wait on `offload_device`. One pipeline per model set: the offload hooks sit on
+    the modules (`pipeline.offloader.remove_hooks()` detaches them). Gemma's nn.Linear layers get the
+    CPU fp32 fast path of ops.Linear (acceleration.fast_cpu_linears; same weights, keys and results).
+    """
+
+    def __init__(self, dit: SanaSprintDiT, text_encoder: TextEncoder, vae: DCAE, cache_size: int = 64, *,
+                 offload: str = "none", device: str | torch.device | None = None,
+                 offload_device: str | torch.device = "cpu"):
         _check_compatible(dit, text_encoder, vae)
+        self.device = torch.device(device) if device is not None else next(dit.parameters()).device
+        self.offloader = Offloader(offload, self.device, offload_device)
         self.dit, self.text_encoder, self.vae = dit.eval(), text_encoder, vae.eval()
+        fast_cpu_linears(text_encoder.model)  # same weights and keys; CPU fp32 matmuls via oneDNN
         self.cache = PromptCache(cache_size)
+        self.offloader.place(text_encoder.model, self.dit, self.vae)
+        self._encoder = text_encoder if offload == "none" else _ExecutionDeviceTextEncoder(text_encoder, self.device)
 
     @classmethod
     def from_files(cls, dit: str | os.PathLike, text_encoder: str | os.PathLike, vae: str | os.PathLike, *,
-                   dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> "SprintPipeline":
-        """Load each model from its file or folder (see the loaders for the accepted layouts)."""
+                   dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                   offload: str = "none") -> "SprintPipeline":
+        """Load each model from its file or folder (see the loaders for the accepted layouts).
+
+        With an offload mode the weights are read onto the CPU and reach `device` when they run.
+        """
+        if offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
         te_dtype = dtype if dtype is not None else (torch.bfloat16 if torch.device(device).type == "cuda" else None)
-        return cls(load_dit(dit, dtype=dtype, device=device), load_text_encoder(text_encoder, te_dtype, device),
-                   load_vae(vae, dtype=dtype, device=device))
+        where = device if offload == "none" else "cpu"
+        return cls(load_dit(dit, dtype=dtype, device=where), load_text_encoder(text_encoder, te_dtype, where),
+                   load_vae(vae, dtype=dtype, device=where), offload=offload, device=device)
 
     @classmethod
     def from_models_dir(cls, models_dir: str | os.PathLike, **kwargs) -> "SprintPipeline":
@@ -57,7 +94,7 @@ class SprintPipeline:
 
     def encode(self, prompts: str | Sequence[str], options: PromptOptions = PromptOptions()) -> tuple[Tensor, Tensor]:
         """(embeds, mask) for the prompts, served from the cache when seen before."""
-        return encode_prompt(self.text_encoder, prompts, chi=options.chi, max_tokens=options.max_tokens,
+        return encode_prompt(self._encoder, prompts, chi=options.chi, max_tokens=options.max_tokens,
                              quote_style=options.quote_style, lowercase=options.lowercase, cache=self.cache)
 
     @torch.no_grad()
@@ -68,7 +105,8 @@ class SprintPipeline:
                          prompt_options: PromptOptions = PromptOptions()) -> Tensor:
         """Diffusion latents (B, 32, H/32, W/32) for the prompts."""
         embeds, mask = self.encode(prompts, prompt_options)
-        device = next(self.dit.parameters()).device
+        device = self.device
+        self.offloader.before_sampling(self.dit, self.vae)
         return sample(self.dit, embeds.to(device), mask.to(device), width=width, height=height, steps=steps,
                       guidance=guidance, seed=seed, timesteps=timesteps, max_timestep=max_timestep,
                       intermediate_timestep=intermediate_timestep)
@@ -76,7 +114,7 @@ class SprintPipeline:
     def __call__(self, prompts: str | Sequence[str], *, tiled_decode: bool | str = "auto", **kwargs) -> Tensor:
         """Images (B, 3, H, W) float32 in [0, 1] for the prompts (kwargs: generate_latents)."""
         latents = self.generate_latents(prompts, **kwargs)
-        with torch.no_grad():
+        with torch.no_grad(), self.offloader.decoding(self.vae):
             return decode(self.vae, latents, tiled=tiled_decode)
 
 
