@@ -47,6 +47,9 @@ CONTROLNET_KEY = "sana_controlnet"
 CONTROL_LATENT_KEY = "sana_control_latent"
 CONTROL_STRENGTH_KEY = "sana_control_strength"
 ADDITIONAL_MODELS_KEY = "additional_models"
+# Where ComfyUI's TorchCompileModel node (comfy_api.torch_helpers.set_torch_compile_wrapper) keeps
+# its torch.compile arguments in a MODEL's model_options.
+HOST_COMPILE_KEY = "torch_compile_kwargs"
 
 
 class SanaLatentFormat(comfy.latent_formats.LatentFormat):
@@ -163,6 +166,24 @@ def sana_dit(model: comfy.model_patcher.ModelPatcher, node: str) -> SanaSprintDi
         raise ValueError(f"{node} needs a MODEL from SanaSprintDiTLoader, got a model of type "
                          f"{type(getattr(model, 'model', model)).__name__}")
     return inner
+
+
+def host_compiled(model: comfy.model_patcher.ModelPatcher, dit: SanaSprintDiT) -> torch.nn.Module:
+    """`dit`, or `torch.compile(dit, **kwargs)` when ComfyUI's TorchCompileModel was applied to `model`.
+
+    That node compiles the diffusion model for BaseModel.apply_model (SamplerCustomAdvanced + our
+    SAMPLER go through it); SanaSprintSampler calls the DiT itself, so it compiles with the node's
+    arguments. One compiled wrapper per argument set is kept on the DiT (it shares the DiT's weights;
+    torch.compile only traces on the first call).
+    """
+    kwargs = model.model_options.get(HOST_COMPILE_KEY)
+    if not kwargs:
+        return dit
+    key = repr(sorted(kwargs.items()))
+    cache = dit.__dict__.setdefault("_sana_host_compiled", {})  # a plain attribute, not a submodule
+    if key not in cache:
+        cache[key] = torch.compile(dit, **kwargs)
+    return cache[key]
 
 
 class _Holder(torch.nn.Module):

@@ -26,7 +26,8 @@ from ..sana_sprint_core.constants import (
 )
 from ..sana_sprint_core.controlnet import sample_with_control
 from ..sana_sprint_core.sampler import check_timesteps, sample, sprint_timesteps
-from .comfy_model import control_of, sana_dit
+from ..sana_sprint_core.trigflow_model import TrigFlowModel
+from .comfy_model import control_of, host_compiled, sana_dit
 from .timing import timed
 
 CATEGORY = "SanaSprint/sampling"
@@ -148,8 +149,9 @@ def _sample_node(model, positive, latent_image, seed, steps, guidance, max_times
     kwargs = dict(width=samples.shape[-1] * LATENT_DOWNSCALE, height=samples.shape[-2] * LATENT_DOWNSCALE,
                   guidance=guidance, seed=seed, timesteps=times, latent=fmt.process_in(samples.to(device)),
                   callback=_progress_callback(len(times) - 1, fmt))
+    dit = host_compiled(model, dit)  # ComfyUI's TorchCompileModel, when it was applied
     if control is None:
-        x0 = sample(dit, embeds, mask, **kwargs)
+        x0 = sample(TrigFlowModel(dit), embeds, mask, **kwargs)
     else:
         controlnet, control_latent, strength = control
         x0 = sample_with_control(dit, controlnet.payload, _fit_control(control_latent, samples), embeds, mask,

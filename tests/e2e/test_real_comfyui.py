@@ -303,3 +303,23 @@ def test_sampler_custom_advanced_follows_the_controlnet_like_our_sampler(client,
     _, plain_history = _run_ok(client, _sampler_pair_prompt(steps, seed=21 + steps))
     plain = _latent(client.server, plain_history, "30")
     assert (plain - ours).abs().max() > 0.05
+
+
+# --------------------------------------------------------------------------------------------------
+# ComfyUI's TorchCompileModel node on our MODEL
+
+
+def test_comfy_compile_node_compiles_both_sampler_routes(client):
+    """TorchCompileModel (inductor) on our MODEL: SanaSprintSampler compiles with its arguments and
+    SamplerCustomAdvanced runs ComfyUI's own compiled wrapper; both give the eager latents (inductor
+    reorders fp32 sums: 1e-4 of the latents' range)."""
+    prompt = _sampler_pair_prompt(2, seed=31)
+    prompt["40"] = {"class_type": "TorchCompileModel", "inputs": {"model": ["1", 0], "backend": "inductor"}}
+    prompt["41"] = {"class_type": "SanaSprintSampler", "inputs": {**prompt["6"]["inputs"], "model": ["40", 0]}}
+    prompt["23"]["inputs"]["model"] = ["40", 0]
+    prompt["42"] = {"class_type": "SaveLatent", "inputs": {"samples": ["41", 0], "filename_prefix": "latents/compiled"}}
+    _, history = _run_ok(client, prompt)
+    eager = _latent(client.server, history, "30")
+    for node in ("42", "31"):
+        compiled = _latent(client.server, history, node)
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4 * float(eager.abs().max()))

@@ -177,6 +177,29 @@ def test_sampler_twice_equals_the_core_sampler(pack, nodes, loaded):
     assert any(p is loaded.model for p, _ in stubs.STATE.loads)
 
 
+def test_sampler_follows_comfyuis_compile_node(nodes, loaded, monkeypatch):
+    """A MODEL patched by TorchCompileModel (its kwargs in model_options) samples through torch.compile,
+    compiled once per argument set, with the same latents as the plain model (eager backend: exact)."""
+    calls = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: calls.append(kw) or real_compile(m, **kw))
+    latent = _latent(nodes)
+    plain = _sample(nodes, loaded, latent)["samples"]
+    model = loaded.model.clone()
+    model.model_options["torch_compile_kwargs"] = {"backend": "eager", "options": None, "mode": None,
+                                                   "fullgraph": False, "dynamic": None}
+    dit = loaded.model.model.diffusion_model
+    try:
+        compiled = [_sample(nodes, loaded, latent, model=model)["samples"] for _ in range(2)]
+        assert calls == [model.model_options["torch_compile_kwargs"]]  # compiled once, with the node's args
+        for out in compiled:
+            torch.testing.assert_close(out, plain, rtol=0, atol=0)
+        assert _sample(nodes, loaded, latent)["samples"].equal(plain) and len(calls) == 1  # plain MODEL: eager
+    finally:
+        dit.__dict__.pop("_sana_host_compiled", None)
+        torch._dynamo.reset()
+
+
 def test_sampler_reports_progress_with_jpeg_previews(nodes, loaded):
     _sample(nodes, loaded, _latent(nodes), steps=4)
     assert [(v, t) for v, t, _ in stubs.STATE.progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]
