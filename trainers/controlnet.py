@@ -81,16 +81,25 @@ def load_control_teacher(cfg: Config, device) -> ControlledDiT:
         raise ValueError("config key controlnet.teacher_controlnet is empty; controlnet.mode 'distill' needs the "
                          "Sana ControlNet to distil (e.g. Sana_1600M_1024px_BF16_ControlNet_HED.pth)")
     overrides = cfg.model.teacher_overrides or None
-    if cfg.model.teacher:
-        base = load_dit(cfg.model.teacher, dtype=dtype, overrides=overrides)
-    else:
-        base = load_controlnet_base(c.teacher_controlnet, dtype=dtype, overrides=overrides)
+    base = load_dit(cfg.model.teacher, dtype=dtype, overrides=overrides) if cfg.model.teacher else None
+    teacher = control_teacher(c.teacher_controlnet, dtype, base=base, overrides=overrides)
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def control_teacher(path: str | os.PathLike, dtype: torch.dtype, device="cpu", base: SanaSprintDiT | None = None,
+                    overrides: dict | None = None) -> ControlledDiT:
+    """The ControlNet of file `path` (in `dtype`, on `device`) steering `base`, or when that is None the
+    Sana base stored in the same NVlabs file (head counts its shapes cannot tell: `overrides`, else the
+    ControlNet's, whose blocks are copies of the base's). The base must be a flow model (no CFG embedder)."""
+    net = load_controlnet(path, dtype=dtype, device=device)
+    if base is None:
+        heads = overrides or {"num_heads": net.config.dit.num_heads, "cross_heads": net.config.dit.cross_heads}
+        base = load_controlnet_base(path, dtype=dtype, device=device, overrides=heads)
     if base.config.guidance_embeds:
         raise ValueError("the ControlNet teacher's base model has a guidance (CFG) embedder, i.e. it is a distilled "
                          "Sprint model; the teacher must be the flow-matching Sana model the ControlNet was trained "
                          "on (model.teacher, or the base inside the NVlabs ControlNet file)")
-    teacher = ControlledDiT(base, load_controlnet(c.teacher_controlnet, dtype=dtype))
-    return teacher.to(device).eval().requires_grad_(False)
+    return ControlledDiT(base, net)
 
 
 def _init_kind(cfg: Config) -> str:
@@ -182,26 +191,47 @@ def validation_control(dataset, strength: float, vae, device) -> tuple[tuple[int
 
 
 def control_encoder(cfg: Config, vae, device, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
-    """image (1, 3, H, W) in [0, 1] -> control latent (1, C, h, w): HED scribble with a drawn thickness,
-    resized to the image size (NVlabs transform_control_signal) and DC-AE encoded (diffusion units)."""
+    """image (1, 3, H, W) in [0, 1] -> control latent (1, C, h, w): `scribble_encoder` with the HED
+    network of controlnet.hed_model and the DC-AE `vae` (diffusion units), as configured."""
     from sana_sprint_core.dcae import encode
-    from sana_sprint_core.hed import hed_edges, load_hed, scribble_from_edges, to_control_image
+    from sana_sprint_core.hed import load_hed
 
     c = cfg.controlnet
     if not c.hed_model:
         raise ValueError("config key controlnet.hed_model is empty; the training maps are HED scribbles of your "
                          "images, which need ControlNetHED.pth (lllyasviel/Annotators)")
     net = load_hed(c.hed_model, device=device)
-    resolution = c.detect_resolution or cfg.data.resolution
     gen = generator or torch.Generator().manual_seed(cfg.train.seed)
+    return scribble_encoder(net, lambda image: encode(vae, image.to(device), tiled=cfg.data.vae_tiled),
+                            c.detect_resolution or cfg.data.resolution, (c.thickness_min, c.thickness_max), gen)
+
+
+def scribble_encoder(hed, encode_image: Callable[[Tensor], Tensor], resolution: int, thickness: tuple[int, int],
+                     generator: torch.Generator) -> Callable[[Tensor], Tensor]:
+    """image (1, 3, H, W) in [0, 1] -> control latent: the HED scribble of the image (`resolution`: the
+    map's short side) with a thickness drawn from [min, max] per image, resized to the image size
+    (NVlabs transform_control_signal) and encoded by `encode_image`. HED runs where `hed`'s weights are."""
+    from sana_sprint_core.hed import hed_edges, scribble_from_edges, to_control_image
+
+    low, high = thickness
 
     def encode_control(image: Tensor) -> Tensor:
-        thickness = int(torch.randint(c.thickness_min, c.thickness_max + 1, (1,), generator=gen))
-        scribble = scribble_from_edges(hed_edges(net, image.to(device), resolution), thickness)
-        control = to_control_image(scribble, image.shape[-1], image.shape[-2])
-        return encode(vae, control.to(device), tiled=cfg.data.vae_tiled)
+        drawn = int(torch.randint(low, high + 1, (1,), generator=generator))
+        edges = hed_edges(hed, image.to(next(hed.parameters()).device), resolution)
+        control = to_control_image(scribble_from_edges(edges, drawn), image.shape[-1], image.shape[-2])
+        return encode_image(control)
 
     return encode_control
+
+
+def controlnet_like(net: SanaControlNet, state: dict[str, Tensor], dtype: torch.dtype,
+                    operations=None) -> SanaControlNet:
+    """A ControlNet of `net`'s class and config over `state` (strict keys) in `dtype`, built with
+    `operations`' layer classes (e.g. a host's); tensors already in `dtype` become its weights uncopied."""
+    with torch.device("meta"):
+        out = type(net)(net.config, dtype=dtype, operations=operations)
+    out.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    return out.eval()
 
 
 def private_controlnet(net: SanaControlNet, device) -> SanaControlNet:
@@ -209,11 +239,8 @@ def private_controlnet(net: SanaControlNet, device) -> SanaControlNet:
     runs through a frozen teacher ControlNet in the LADD branch), so the caller's module is untouched."""
     from .session import _usable
 
-    with torch.device("meta"):
-        copy_ = SanaControlNet(net.config, dtype=net.dtype)
     state = {k: _usable(v).to(device) for k, v in net.state_dict().items()}
-    copy_.load_state_dict(state, strict=True, assign=True)
-    return copy_.eval().requires_grad_(False)
+    return controlnet_like(net, state, net.dtype).requires_grad_(False)
 
 
 def train_in_process(cfg: Config, backbone: SanaSprintDiT, teacher: ControlledDiT | None = None, hooks=None):
@@ -240,6 +267,10 @@ def train_in_process(cfg: Config, backbone: SanaSprintDiT, teacher: ControlledDi
     return run_in_process(cfg, device, state_dict_sha256(backbone), hooks, **models)
 
 
-def outcome_controlnet(outcome, dtype: torch.dtype = torch.float32) -> SanaControlNet:
-    """The trained ControlNet of an in-process run, a CPU copy in `dtype` (save it with save_controlnet)."""
-    return copy.deepcopy(outcome.run.nets.student_core.dit.controlnet).to(device="cpu", dtype=dtype).eval()
+def outcome_controlnet(outcome, dtype: torch.dtype = torch.float32, operations=None) -> SanaControlNet:
+    """The trained ControlNet of an in-process run: a frozen CPU copy in `dtype`, built with `operations`
+    (None: torch layers; a host passes its DiT's, e.g. export.layer_classes(backbone)). Save it with
+    save_controlnet."""
+    net = outcome.run.nets.student_core.dit.controlnet
+    state = {k: v.detach().to("cpu", dtype, copy=True) for k, v in net.state_dict().items()}
+    return controlnet_like(net, state, dtype, operations).requires_grad_(False)
