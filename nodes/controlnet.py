@@ -52,8 +52,9 @@ def hed_options() -> list[str]:
     return sorted(set(model_files.list_models(model_files.HED)) | {HED_FILE_NAME})
 
 
-def _hed_network(name: str):
-    """The HED network of annotators/<name>, loaded once per file version and placed by model management."""
+def hed_module(name: str) -> ManagedModule:
+    """The HED network of annotators/<name> under model management, read once per file version
+    (`.load()` places it and returns the network)."""
     path = model_files.resolve(model_files.HED, name)
     stat = os.stat(path)
     key = (str(path), stat.st_mtime_ns, stat.st_size)
@@ -62,7 +63,7 @@ def _hed_network(name: str):
         net = load_hed(path, device=offload)
         _HED_CACHE.clear()
         _HED_CACHE[key] = ManagedModule(net, net, mm.get_torch_device(), offload, "hed")
-    return _HED_CACHE[key].load()
+    return _HED_CACHE[key]
 
 
 def scribble_map(pixels: torch.Tensor, mode: str, detect_resolution: int, thickness: int,
@@ -71,7 +72,7 @@ def scribble_map(pixels: torch.Tensor, mode: str, detect_resolution: int, thickn
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "hed":
-        net = _hed_network(hed_model or HED_FILE_NAME)
+        net = hed_module(hed_model or HED_FILE_NAME).load()
         device = next(net.parameters()).device
         return scribble_from_edges(hed_edges(net, pixels.to(device), detect_resolution), thickness)
     drawing = resize(pixels, detect_size(pixels.shape[-2], pixels.shape[-1], detect_resolution))

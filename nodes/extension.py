@@ -10,9 +10,12 @@ from .latents import SanaSprintEmptyLatent
 from .live import SanaSprintLivePreview, SanaSprintScribblePad
 from .loaders import SanaSprintControlNetLoader, SanaSprintDiTLoader, SanaSprintTextEncoderLoader, SanaSprintVAELoader
 from .sampling import SanaSprintSampler, SanaSprintSCMSampler, SanaSprintSigmas
+from .train_controlnet import SanaSprintDistillControlNet
 from .train_data import SanaSprintDataset, SanaSprintPrecompute
 from .train_distill import SanaSprintDistill
-from .train_outputs import SanaSprintLoraLoader, SanaSprintLossGraph, SanaSprintSaveLoRA, SanaSprintSaveStudent
+from .train_outputs import (
+    SanaSprintLoraLoader, SanaSprintLossGraph, SanaSprintSaveControlNet, SanaSprintSaveLoRA, SanaSprintSaveStudent,
+)
 from .vae import SanaSprintVAEDecode, SanaSprintVAEEncode
 
 NODES: list[type[io.ComfyNode]] = [
@@ -22,7 +25,7 @@ NODES: list[type[io.ComfyNode]] = [
     SanaSprintControlNetLoader, SanaSprintHEDPreprocessor, SanaSprintControlNetApply,
     # training inside ComfyUI
     SanaSprintDataset, SanaSprintPrecompute, SanaSprintDistill, SanaSprintLossGraph, SanaSprintSaveLoRA,
-    SanaSprintSaveStudent, SanaSprintLoraLoader,
+    SanaSprintSaveStudent, SanaSprintLoraLoader, SanaSprintDistillControlNet, SanaSprintSaveControlNet,
 ]
 
 

@@ -181,8 +181,12 @@ class SanaSprintControlNetLoader(io.ComfyNode):
     @classmethod
     def execute(cls, controlnet_name, weight_dtype, wiring) -> io.NodeOutput:
         path = model_files.resolve(model_files.CONTROLNET, controlnet_name)
-        device, dtype, _, ops = _dit_dtypes(weight_dtype)
-        offload = mm.unet_offload_device()
-        controlnet = load_controlnet(path, dtype=dtype, device=offload, operations=ops,
+        _, dtype, _, ops = _dit_dtypes(weight_dtype)
+        controlnet = load_controlnet(path, dtype=dtype, device=mm.unet_offload_device(), operations=ops,
                                      wiring=None if wiring == AUTO_WIRING else wiring)
-        return io.NodeOutput(ManagedModule(controlnet, controlnet, device, offload, "sana_controlnet"))
+        return io.NodeOutput(controlnet_module(controlnet))
+
+
+def controlnet_module(controlnet) -> ManagedModule:
+    """A SANA_CONTROLNET: the ControlNet (on the offload device) placed by model management like the DiT."""
+    return ManagedModule(controlnet, controlnet, mm.get_torch_device(), mm.unet_offload_device(), "sana_controlnet")

@@ -3,7 +3,9 @@
 The folder layout is the trainer's (trainers/data.py): `<name>.png|jpg|jpeg|webp|bmp` with
 `<name>.txt` beside it, `N_anything/` subfolders repeated N times. Precompute encodes everything once
 with Gemma-2 and the DC-AE (trainers/precompute.py) into a cache folder under ComfyUI's temp folder,
-then unloads both so that the GPU holds only the transformer while SanaSprintDistill trains.
+then unloads both so that the GPU holds only the transformer while SanaSprintDistill trains. With
+control_maps 'hed' it also stores the DC-AE latent of each image's HED scribble (the control maps
+SanaSprintDistillControlNet trains on; trainers/controlnet.py scribble_encoder).
 """
 
 from __future__ import annotations
@@ -13,17 +15,23 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from comfy_api.latest import io
 
 import comfy.model_management as mm
 import comfy.utils
 import folder_paths
 
-from ..sana_sprint_core.constants import DCAE_BYTES_PER_PIXEL_PER_DTYPE_BYTE, LATENT_DOWNSCALE
+from ..sana_sprint_core.constants import (
+    DCAE_BYTES_PER_PIXEL_PER_DTYPE_BYTE, HED_FILE_NAME, LATENT_DOWNSCALE, SCRIBBLE_TRAIN_THICKNESS_MAX,
+)
 from ..sana_sprint_core.dcae import encode
 from ..sana_sprint_core.text_encoder import encode_prompt
+from ..trainers.controlnet import scribble_encoder
 from ..trainers.data import Item, Scan, bucket_counts, scan_folder
 from ..trainers.precompute import CachedDataset, encode_captions, write_cache
+from . import model_files
+from .controlnet import hed_module, hed_options
 from .loaders import TextEncoderType, VaeType
 from .train_models import release
 
@@ -31,6 +39,7 @@ CATEGORY = "SanaSprint/training"
 DatasetType = io.Custom("SANA_DATASET")
 CacheType = io.Custom("SANA_TRAIN_CACHE")
 CACHE_ROOT = "sana_sprint_training"  # under ComfyUI's temp folder (emptied when ComfyUI starts)
+CONTROL_MAPS = ("none", "hed")  # Precompute's control_maps: none, or HED scribbles of the images
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class TrainCache:
     dataset_summary: str
     latent_channels: int
     text_channels: int
+    has_control: bool = False  # control latents (HED scribbles) beside the image latents
 
 
 def dataset_folder(folder: str) -> Path:
@@ -167,7 +177,8 @@ class SanaSprintPrecompute(io.ComfyNode):
             category=CATEGORY,
             description="Encodes every training image (DC-AE) and caption (Gemma-2) once into a cache, then "
                         "unloads the text encoder and the DC-AE, so the GPU holds only the transformer while "
-                        "SanaSprintDistill trains.",
+                        "SanaSprintDistill trains. With control_maps 'hed' it also caches each image's HED "
+                        "scribble, the control map SanaSprintDistillControlNet trains a ControlNet on.",
             inputs=[
                 DatasetType.Input("dataset", tooltip="Images from SanaSprintDataset."),
                 TextEncoderType.Input("text_encoder", tooltip="Gemma-2 from SanaSprintTextEncoderLoader."),
@@ -178,12 +189,26 @@ class SanaSprintPrecompute(io.ComfyNode):
                 io.Boolean.Input("complex_human_instruction", default=True,
                                  tooltip="Prepend SANA's complex human instruction to every caption, as SANA-Sprint "
                                          "was trained and as SanaSprintTextEncode does by default."),
+                *_control_inputs(),
             ],
-            outputs=[CacheType.Output(tooltip="Cached latents and text embeddings, for SanaSprintDistill.")],
+            outputs=[CacheType.Output(tooltip="Cached latents and text embeddings (and control maps), for "
+                                              "SanaSprintDistill or SanaSprintDistillControlNet.")],
         )
 
     @classmethod
-    def execute(cls, dataset, text_encoder, vae, preview_prompt, complex_human_instruction) -> io.NodeOutput:
+    def validate_inputs(cls, control_maps=None, hed_model=None):
+        if control_maps is not None and control_maps not in CONTROL_MAPS:
+            return f"control_maps must be one of {CONTROL_MAPS}, got {control_maps!r}"
+        if control_maps != "hed":
+            return True
+        return model_files.check_available(model_files.HED, hed_model or HED_FILE_NAME)
+
+    @classmethod
+    def execute(cls, dataset, text_encoder, vae, preview_prompt, complex_human_instruction, control_maps="none",
+                hed_model=HED_FILE_NAME, thickness_min=0, thickness_max=SCRIBBLE_TRAIN_THICKNESS_MAX) -> io.NodeOutput:
+        if thickness_min > thickness_max:
+            raise ValueError(f"SanaSprintPrecompute: thickness_min {thickness_min} is larger than thickness_max "
+                             f"{thickness_max}")
         items = dataset.items
         prompt = preview_prompt.strip() or items[0].caption
         bar = comfy.utils.ProgressBar(2 * len(items))
@@ -191,16 +216,47 @@ class SanaSprintPrecompute(io.ComfyNode):
         captions = encode_captions(items, lambda t: encode_prompt(encoder, t, chi=complex_human_instruction),
                                    [prompt], _progress(bar, 0))
         release(text_encoder.patcher)
+        hed = hed_module(hed_model or HED_FILE_NAME) if control_maps == "hed" else None
+        hed_net = hed.load() if hed is not None else None  # before the DC-AE, which may move it off the GPU
         area = max(h * w for h, w in dataset.bucket_counts)
         model = vae.load(memory_required=area * next(vae.payload.parameters()).element_size()
                          * DCAE_BYTES_PER_PIXEL_PER_DTYPE_BYTE)
+
+        def encode_image(image):
+            return encode(model, image.to(vae.patcher.load_device), tiled="auto")
+
+        encode_control, fingerprint = None, {"dataset": str(dataset.root), "resolution": dataset.resolution}
+        if hed_net is not None:  # thickness drawn per image in item order, reproducibly
+            thickness = (thickness_min, thickness_max)
+            encode_control = scribble_encoder(hed_net, encode_image, dataset.resolution, thickness,
+                                              torch.Generator().manual_seed(0))
+            fingerprint["control"] = {"hed_model": hed_model, "thickness": list(thickness)}
         folder = Path(tempfile.mkdtemp(prefix="cache_", dir=_cache_root()))
-        write_cache(folder, {"dataset": str(dataset.root), "resolution": dataset.resolution}, items, captions,
-                    lambda image: encode(model, image.to(vae.patcher.load_device), tiled="auto"),
-                    dataset.resolution, dataset.buckets, _progress(bar, len(items)))
-        release(vae.patcher)
-        latent, text, _ = CachedDataset(folder).get(0)
-        return io.NodeOutput(TrainCache(folder, dataset.summary(), latent.shape[0], text.shape[-1]))
+        write_cache(folder, fingerprint, items, captions, encode_image, dataset.resolution, dataset.buckets,
+                    _progress(bar, len(items)), encode_control)
+        release(vae.patcher, *([hed.patcher] if hed is not None else []))
+        cached = CachedDataset(folder)
+        latent, text, _ = cached.get(0)
+        return io.NodeOutput(TrainCache(folder, dataset.summary(), latent.shape[0], text.shape[-1],
+                                        cached.has_control))
+
+
+def _control_inputs() -> list:
+    """Precompute's optional control-map inputs (the ControlNet modes of training)."""
+    thickness = dict(min=0, max=SCRIBBLE_TRAIN_THICKNESS_MAX, optional=True)
+    return [
+        io.Combo.Input("control_maps", options=list(CONTROL_MAPS), default="none", optional=True,
+                       tooltip="none: images and captions only (SanaSprintDistill). hed: also the HED scribble of "
+                               "every image as its control map, for SanaSprintDistillControlNet (needs "
+                               f"{HED_FILE_NAME})."),
+        io.Combo.Input("hed_model", options=hed_options(), default=HED_FILE_NAME, optional=True,
+                       tooltip=f"HED weights in models/annotators: {HED_FILE_NAME} of lllyasviel/Annotators "
+                               "(control_maps hed only)."),
+        io.Int.Input("thickness_min", default=0, tooltip="Thinnest scribble line drawn for an image (control_maps "
+                     "hed): each image gets one thickness from [min, max]; NVlabs trains on 0..24.", **thickness),
+        io.Int.Input("thickness_max", default=SCRIBBLE_TRAIN_THICKNESS_MAX,
+                     tooltip="Thickest scribble line drawn for an image (control_maps hed).", **thickness),
+    ]
 
 
 def _cache_root() -> Path:

@@ -10,6 +10,7 @@ checkpoint there before ComfyUI reports the interruption, and `resume` continues
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,7 +33,8 @@ LoraType = io.Custom("SANA_LORA")
 RUNS_FOLDER = "sana_sprint_training"  # under ComfyUI's output folder
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _WEIGHT_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
-_LOSS_COLUMNS = ("loss_scm", "loss_adv", "loss_d")
+LOSS_COLUMNS = ("loss_scm", "loss_adv", "loss_d")  # per-iteration losses of sCM + LADD runs
+DENOISE_COLUMNS = ("loss_denoise",)  # of the ControlNet training mode (trainers/controlnet.py)
 
 
 def _inputs() -> list:
@@ -46,12 +48,18 @@ def _inputs() -> list:
         io.Int.Input("rank", default=32, min=1, max=1024, tooltip="LoRA rank (lora mode)."),
         io.Float.Input("alpha", default=32.0, min=0.01, max=4096.0, step=1.0,
                        tooltip="LoRA alpha; the adapters are scaled by alpha / rank (lora mode)."),
+        *run_inputs(1e-4, "1e-4 suits LoRA; the paper's full fine-tune uses 2e-6.", "sana_sprint_lora"),
+    ]
+
+
+def run_inputs(learning_rate: float, lr_hint: str, output_name: str) -> list:
+    """The inputs the training nodes share, steps to resume (in SanaSprintDistill's order)."""
+    return [
         io.Int.Input("steps", default=1000, min=1, max=10_000_000,
                      tooltip="Total training iterations (with LADD they alternate student and discriminator). With "
                              "resume, training continues up to this number: raise it to train on in chunks."),
-        io.Float.Input("learning_rate", default=1e-4, min=1e-8, max=1.0, step=1e-6,
-                       tooltip="AdamW learning rate of the student and the discriminator heads. 1e-4 suits LoRA; "
-                               "the paper's full fine-tune uses 2e-6."),
+        io.Float.Input("learning_rate", default=learning_rate, min=1e-8, max=1.0, step=1e-6,
+                       tooltip=f"AdamW learning rate of the student and the discriminator heads. {lr_hint}"),
         io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Images per iteration (from one size bucket)."),
         io.Float.Input("scm_weight", default=SCM_LAMBDA, min=0.0, max=100.0, step=0.05,
                        tooltip="Weight of the sCM consistency loss (follows the teacher's ODE); 0 turns it off."),
@@ -69,11 +77,11 @@ def _inputs() -> list:
         io.Int.Input("preview_every", default=50, min=0, max=10_000_000,
                      tooltip="Every N iterations, show a 1-step sample of the student on the preview prompt (a latent "
                              "preview on this node); 0: no previews."),
-        io.String.Input("output_name", default="sana_sprint_lora",
+        io.String.Input("output_name", default=output_name,
                         tooltip="Name of the run folder output/sana_sprint_training/<output_name> (checkpoints, loss "
                                 "log). A folder that already holds a run is only continued with resume on."),
         io.Boolean.Input("resume", default=False,
-                         tooltip="Continue the run in output_name from its latest checkpoint (same teacher, cache and "
+                         tooltip="Continue the run in output_name from its latest checkpoint (same models, cache and "
                                  "settings; steps may be larger). Off: start a new run; output_name must be unused."),
     ]
 
@@ -101,70 +109,101 @@ class SanaSprintDistill(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, output_name):
-        if output_name is not None and not _NAME.match(output_name):
-            return (f"output_name {output_name!r} must be a plain folder name (letters, digits, '.', '_', '-'; "
-                    "no path separators)")
-        return True
+        return check_output_name(output_name)
 
     @classmethod
     def execute(cls, model, cache, mode, rank, alpha, steps, learning_rate, batch_size, scm_weight, ladd_weight,
                 max_time_probability, seed, save_every, preview_every, output_name, resume) -> io.NodeOutput:
         teacher = sana_dit(model, "SanaSprintDistill")
-        _check_inputs(teacher, cache, scm_weight, ladd_weight, output_name)
-        values = dict(mode=mode, rank=rank, alpha=alpha, steps=steps, learning_rate=learning_rate,
-                      batch_size=batch_size, scm_weight=scm_weight, ladd_weight=ladd_weight,
-                      max_time_probability=max_time_probability, seed=seed, save_every=save_every, resume=resume)
-        cfg = config_from_dict(training_config(teacher, cache, run_folder(output_name), **values))
+        check_losses("SanaSprintDistill", scm_weight, ladd_weight)
+        dtype = check_run("SanaSprintDistill", teacher, "teacher", cache, output_name)
+        values = dict(steps=steps, learning_rate=learning_rate, batch_size=batch_size, scm_weight=scm_weight,
+                      ladd_weight=ladd_weight, max_time_probability=max_time_probability, seed=seed,
+                      save_every=save_every, resume=resume)
+        lora = {"mode": mode, "lora_rank": rank, "lora_alpha": alpha}
+        cfg = config_from_dict(training_config(cache, run_folder(output_name), dtype, lora,
+                                               teacher.config.num_layers, **values))
         monitor = Monitor(cls.hidden, model.get_model_object("latent_format"))
-        with torch.inference_mode(False), torch.enable_grad():
-            release(model)  # loaded again outside inference mode: weights copied to the GPU are usable by autograd
-            mm.load_models_gpu([model], memory_required=1e20, force_full_load=True, force_patch_weights=True)
-            outcome = train_in_process(cfg, teacher, monitor.hooks(preview_every))
-        if outcome.stopped:
-            mm.throw_exception_if_processing_interrupted()  # raises when the flag is still set
-            raise mm.InterruptProcessingException()
+        with training(model):
+            outcome = finished(train_in_process(cfg, teacher, monitor.hooks(preview_every)))
         student, lora = _student(model, teacher, outcome)
-        losses = loss_map(outcome.rows, scm_weight, ladd_weight)
+        losses = loss_map(outcome.rows, {"loss_scm": scm_weight, "loss_adv": ladd_weight})
         del outcome
         mm.soft_empty_cache()
         return io.NodeOutput(student, lora, losses)
 
 
-def _check_inputs(teacher, cache, scm_weight: float, ladd_weight: float, output_name: str) -> None:
+def check_output_name(output_name: str | None) -> bool | str:
+    """validate_inputs' answer for output_name: True, or what is wrong with it."""
+    if output_name is not None and not _NAME.match(output_name):
+        return (f"output_name {output_name!r} must be a plain folder name (letters, digits, '.', '_', '-'; "
+                "no path separators)")
+    return True
+
+
+def check_losses(node: str, scm_weight: float, ladd_weight: float) -> None:
+    """ValueError naming `node` when both sCM + LADD losses are off."""
     if scm_weight == 0 and ladd_weight == 0:
-        raise ValueError("SanaSprintDistill: scm_weight and ladd_weight are both 0; turn on at least one loss")
-    message = SanaSprintDistill.validate_inputs(output_name)
+        raise ValueError(f"{node}: scm_weight and ladd_weight are both 0; turn on at least one loss")
+
+
+def check_run(node: str, dit, role: str, cache, output_name: str) -> str:
+    """The checks every training node makes on its DiT (`role`: what it is to the run), cache and
+    output_name; returns the trainer's weights_dtype ('fp32' or 'bf16') of the DiT's weights."""
+    message = check_output_name(output_name)
     if message is not True:
-        raise ValueError(f"SanaSprintDistill: {message}")
-    cfg = teacher.config
+        raise ValueError(f"{node}: {message}")
+    cfg = dit.config
     if (cache.latent_channels, cache.text_channels) != (cfg.in_channels, cfg.caption_channels):
-        raise ValueError(f"SanaSprintDistill: the cache holds {cache.latent_channels}-channel latents and "
-                         f"{cache.text_channels}-channel text embeddings, but the teacher expects {cfg.in_channels} and "
+        raise ValueError(f"{node}: the cache holds {cache.latent_channels}-channel latents and "
+                         f"{cache.text_channels}-channel text embeddings, but the {role} expects {cfg.in_channels} and "
                          f"{cfg.caption_channels}; precompute with the DC-AE and Gemma-2 this model was trained with")
+    dtype = _WEIGHT_DTYPES.get(dit.dtype)
+    if dtype is None:
+        raise ValueError(f"{node}: the {role}'s weights are {dit.dtype}; load it with weight_dtype bf16 or fp32 for "
+                         "training")
+    return dtype
 
 
 def run_folder(output_name: str) -> Path:
+    """The run folder output/sana_sprint_training/<output_name>."""
     return Path(folder_paths.get_output_directory()) / RUNS_FOLDER / output_name
 
 
-def training_config(teacher, cache, out: Path, *, mode, rank, alpha, steps, learning_rate, batch_size, scm_weight,
-                    ladd_weight, max_time_probability, seed, save_every, resume) -> dict:
-    """The trainer Config (as a dict) of the node inputs; precision follows the teacher's weight dtype."""
-    dtype = _WEIGHT_DTYPES.get(teacher.dtype)
-    if dtype is None:
-        raise ValueError(f"SanaSprintDistill: the teacher's weights are {teacher.dtype}; load it with weight_dtype "
-                         "bf16 or fp32 for training")
+def training_config(cache, out: Path, dtype: str, model: dict, head_layers: int, *, steps, learning_rate, batch_size,
+                    scm_weight, ladd_weight, max_time_probability, seed, save_every, resume) -> dict:
+    """The trainer Config (as a dict) of the node inputs: `model` adds to section model; frozen weights
+    in `dtype` (bf16 trains with bf16 autocast); LADD heads fit a teacher of `head_layers` blocks."""
     return {
-        "model": {"mode": mode, "lora_rank": rank, "lora_alpha": alpha, "weights_dtype": dtype},
+        "model": {**model, "weights_dtype": dtype},
         "data": {"cache_dir": str(cache.folder)},
         "distill": {"scm": scm_weight > 0, "ladd": ladd_weight > 0, "scm_lambda": scm_weight,
                     "adv_lambda": ladd_weight, "largest_timestep_prob": max_time_probability,
-                    "head_blocks": fit_head_blocks(teacher.config.num_layers)},
+                    "head_blocks": fit_head_blocks(head_layers)},
         "optim": {"lr": learning_rate, "disc_lr": learning_rate},
         "train": {"output_dir": str(out), "seed": seed, "max_steps": steps, "batch_size": batch_size,
                   "mixed_precision": "bf16" if dtype == "bf16" else "no", "save_every": save_every,
                   "validate_every": 0, "resume": "latest" if resume else ""},
     }
+
+
+@contextmanager
+def training(*models):
+    """Inference mode off and gradients on, with the MODELs (None: left out) loaded on the training device first."""
+    models = [m for m in models if m is not None]
+    with torch.inference_mode(False), torch.enable_grad():
+        release(*models)  # loaded again outside inference mode: weights copied to the GPU are usable by autograd
+        mm.load_models_gpu(models, memory_required=1e20, force_full_load=True, force_patch_weights=True)
+        yield
+
+
+def finished(outcome):
+    """The outcome of a run that ran to its end; after a stop (its checkpoint is written) ComfyUI's
+    interruption is raised."""
+    if outcome.stopped:
+        mm.throw_exception_if_processing_interrupted()  # raises when the flag is still set
+        raise mm.InterruptProcessingException()
+    return outcome
 
 
 class Monitor:
@@ -184,7 +223,7 @@ class Monitor:
         self.preview = preview_image(latents, self.latent_format)
 
     def on_step(self, done: int, total: int, row: dict) -> None:
-        losses = "  ".join(f"{k} {float(row[k]):.4g}" for k in _LOSS_COLUMNS if k in row)
+        losses = "  ".join(f"{k} {float(row[k]):.4g}" for k in (*LOSS_COLUMNS, *DENOISE_COLUMNS) if k in row)
         show_text(f"step {done}/{total} ({row['phase']})  {losses}", self.hidden)
         preview, self.preview = self.preview, None
         try:  # in a server, every progress update is also an interruption point
@@ -210,15 +249,14 @@ def _student(model, teacher, outcome):
     return student, None
 
 
-def loss_map(rows: list[dict], scm_weight: float, ladd_weight: float) -> dict:
-    """LOSS_MAP: per-iteration columns ('step', 'phase', 'loss_scm', 'loss_adv', 'loss_d'; None where a
-    phase has no value) and 'loss', the student's objective scm_weight sCM + ladd_weight adv per G iteration."""
+def loss_map(rows: list[dict], weights: dict[str, float], columns: tuple = LOSS_COLUMNS) -> dict:
+    """LOSS_MAP: per-iteration 'step', 'phase' and `columns` (None where a phase has no value), and
+    'loss', the student's objective (sum of weight x loss over `weights`) per G iteration."""
     def value(row, key):
         return float(row[key]) if row.get(key) not in (None, "") else None
 
     out = {"step": [int(r["step"]) for r in rows], "phase": [r["phase"] for r in rows]}
-    for key in _LOSS_COLUMNS:
+    for key in columns:
         out[key] = [value(r, key) for r in rows]
-    out["loss"] = [scm_weight * (value(r, "loss_scm") or 0.0) + ladd_weight * (value(r, "loss_adv") or 0.0)
-                   for r in rows if r["phase"] == "G"]
+    out["loss"] = [sum(w * (value(r, k) or 0.0) for k, w in weights.items()) for r in rows if r["phase"] == "G"]
     return out

@@ -1,6 +1,6 @@
-"""Outputs of a training run: the loss graph, Save LoRA, Save student, and the LoRA loader.
+"""Outputs of a training run: the loss graph, Save LoRA, Save student, Save ControlNet, and the LoRA loader.
 
-Files go to ComfyUI's model folders (loras, diffusion_models) or its output folder as
+Files go to ComfyUI's model folders (loras, diffusion_models, controlnet) or its output folder as
 `<prefix>_<NNNNN>.safetensors` with the next free counter: an existing file is never overwritten.
 """
 
@@ -18,12 +18,15 @@ import comfy.model_management as mm
 import folder_paths
 
 from ..sana_sprint_core.checkpoint_io import read_state_dict_with_info, save_safetensors_atomic
+from ..sana_sprint_core.controlnet_loading import save_controlnet
 from ..sana_sprint_core.dit_loading import CONFIG_METADATA_KEY
+from ..trainers.controlnet import controlnet_like
 from ..trainers.export import META_PREFIX
 from ..trainers.logs import draw_losses
 from .comfy_model import sana_dit
+from .loaders import ControlNetType
 from .train_data import CATEGORY
-from .train_distill import LoraType
+from .train_distill import DENOISE_COLUMNS, LOSS_COLUMNS, LoraType
 from .train_models import TRAINING_METADATA_KEY, apply_lora
 
 SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -83,9 +86,11 @@ class SanaSprintLossGraph(io.ComfyNode):
             node_id="SanaSprintLossGraph",
             display_name="SANA-Sprint Loss Graph",
             category=CATEGORY,
-            description="Draws the losses of a SanaSprintDistill run (sCM, adversarial, discriminator; raw points "
-                        "and a smoothed line per panel) as an image, shown on the node.",
-            inputs=[io.LossMap.Input("loss", tooltip="The loss map from SanaSprintDistill.")],
+            description="Draws the losses of a SanaSprintDistill or SanaSprintDistillControlNet run (sCM, "
+                        "adversarial, discriminator, or the denoising loss; raw points and a smoothed line per panel) "
+                        "as an image, shown on the node.",
+            inputs=[io.LossMap.Input("loss", tooltip="The loss map from SanaSprintDistill or "
+                                                     "SanaSprintDistillControlNet.")],
             outputs=[io.Image.Output(tooltip="The plot (1, H, W, 3).")],
             is_output_node=True,
         )
@@ -94,7 +99,7 @@ class SanaSprintLossGraph(io.ComfyNode):
     def execute(cls, loss) -> io.NodeOutput:
         if "step" not in loss or "phase" not in loss:
             raise ValueError("SanaSprintLossGraph needs the loss map of SanaSprintDistill (with 'step' and 'phase')")
-        columns = [k for k in ("loss_scm", "loss_adv", "loss_d") if k in loss]
+        columns = [k for k in (*LOSS_COLUMNS, *DENOISE_COLUMNS) if k in loss]
         rows = [{"step": s, **{k: loss[k][i] for k in columns}} for i, s in enumerate(loss["step"])]
         image = draw_losses(rows)
         pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
@@ -168,6 +173,41 @@ class SanaSprintSaveStudent(io.ComfyNode):
                 CONFIG_METADATA_KEY: json.dumps(dit.config.to_dict())}
         path = write_new(_destination("diffusion_models", destination), filename_prefix,
                          lambda p: save_safetensors_atomic(state, p, metadata=meta))
+        return _saved(path)
+
+
+class SanaSprintSaveControlNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SanaSprintSaveControlNet",
+            display_name="SANA-Sprint Save ControlNet",
+            category=CATEGORY,
+            description="Saves a SANA ControlNet (e.g. the one SanaSprintDistillControlNet trained) as one "
+                        ".safetensors in models/controlnet (or output/), with its architecture and training metadata "
+                        "(base model hash, steps, config), so SanaSprintControlNetLoader loads it directly.",
+            inputs=[
+                ControlNetType.Input("controlnet", tooltip="A ControlNet from SanaSprintDistillControlNet or "
+                                                           "SanaSprintControlNetLoader."),
+                io.String.Input("filename_prefix", default="sana_sprint_controlnet",
+                                tooltip="File name before the counter; may include subfolders."),
+                io.Combo.Input("destination", options=["controlnet", "output"], default="controlnet",
+                               tooltip="controlnet: ComfyUI's models/controlnet (listed by "
+                                       "SanaSprintControlNetLoader); output: the output folder."),
+                io.Combo.Input("weight_dtype", options=list(SAVE_DTYPES), default="bf16",
+                               tooltip="Precision of the saved weights."),
+            ],
+            outputs=[io.String.Output(tooltip="The path of the written file.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, controlnet, filename_prefix, destination, weight_dtype) -> io.NodeOutput:
+        net, dtype = controlnet.payload, SAVE_DTYPES[weight_dtype]
+        copy = controlnet_like(net, {k: v.detach().to("cpu", dtype) for k, v in net.state_dict().items()}, dtype)
+        meta = {**controlnet.patcher.model_options.get(TRAINING_METADATA_KEY, {}), f"{META_PREFIX}kind": "controlnet"}
+        path = write_new(_destination("controlnet", destination), filename_prefix,
+                         lambda p: save_controlnet(copy, p, metadata=meta))
         return _saved(path)
 
 

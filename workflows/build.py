@@ -249,7 +249,8 @@ SPECS.update({
                               (("SANA_DATASET", "SANA_DATASET"), ("STRING", "STRING"))),
     "SanaSprintPrecompute": Spec((_sock("dataset", "SANA_DATASET"), _sock("text_encoder", "SANA_TEXT_ENCODER"),
                                   _sock("vae", "SANA_VAE"), In("preview_prompt", "STRING"),
-                                  In("complex_human_instruction", "BOOLEAN")),
+                                  In("complex_human_instruction", "BOOLEAN"), In("control_maps", "COMBO"),
+                                  In("hed_model", "COMBO"), In("thickness_min", "INT"), In("thickness_max", "INT")),
                                  (("SANA_TRAIN_CACHE", "SANA_TRAIN_CACHE"),)),
     "SanaSprintDistill": Spec((
         _sock("model", "MODEL"), _sock("cache", "SANA_TRAIN_CACHE"), In("mode", "COMBO"), In("rank", "INT"),
@@ -261,6 +262,14 @@ SPECS.update({
     "SanaSprintSaveLoRA": Spec((_sock("lora", "SANA_LORA"), In("filename_prefix", "STRING"), In("destination", "COMBO"),
                                 In("weight_dtype", "COMBO")), (("STRING", "STRING"),)),
 })
+
+
+def _precompute(prompt: str, control_maps: str) -> Node:
+    """Precompute (node 11) of the images of Dataset (node 10); control_maps 'hed' adds their HED scribbles."""
+    values = {"dataset": (10, 0), "text_encoder": (2, 0), "vae": (3, 0), "preview_prompt": prompt,
+              "complex_human_instruction": True, "control_maps": control_maps, "hed_model": HED_NAME,
+              "thickness_min": 0, "thickness_max": 24}
+    return Node(11, "SanaSprintPrecompute", values, (420, 760), size=(380, 280))
 
 
 def _generate(first_id: int, steps: int, y: int) -> list[Node]:
@@ -291,9 +300,7 @@ def train_lora() -> list[Node]:
         Node(10, "SanaSprintDataset", {"folder": TRAIN_FOLDER, "resolution": 1024, "buckets": True,
                                        "skip_bad_files": False, "caption_extension": ".txt"}, (420, 520),
              size=(340, 200)),
-        Node(11, "SanaSprintPrecompute", {"dataset": (10, 0), "text_encoder": (2, 0), "vae": (3, 0),
-                                          "preview_prompt": TRAIN_PROMPT, "complex_human_instruction": True},
-             (420, 760), size=(380, 200)),
+        _precompute(TRAIN_PROMPT, "none"),
         Node(12, "SanaSprintDistill", distill, (840, 420), size=(340, 480)),
         Node(13, "SanaSprintSaveLoRA", {"lora": (12, 1), "filename_prefix": "sana_sprint_lora",
                                         "destination": "loras", "weight_dtype": "bf16"}, (1240, 700)),
@@ -306,6 +313,55 @@ def train_lora() -> list[Node]:
 
 
 WORKFLOWS["sana_sprint_train_lora"] = train_lora
+
+
+# --- Training a ControlNet for the Sprint model: distil NVIDIA's Sana HED ControlNet on your images ---
+SPECS.update({
+    "SanaSprintDistillControlNet": Spec((
+        _sock("model", "MODEL"), _sock("cache", "SANA_TRAIN_CACHE"), In("mode", "COMBO"),
+        In("teacher_controlnet", "COMBO"), In("init", "COMBO"), In("steps", "INT"), In("learning_rate", "FLOAT"),
+        In("batch_size", "INT"), In("scm_weight", "FLOAT"), In("ladd_weight", "FLOAT"),
+        In("max_time_probability", "FLOAT"), In("seed", "INT"), In("save_every", "INT"), In("preview_every", "INT"),
+        In("output_name", "STRING"), In("resume", "BOOLEAN"), _sock("teacher_model", "MODEL", optional=True),
+    ), (("SANA_CONTROLNET", "SANA_CONTROLNET"), ("LOSS_MAP", "LOSS_MAP"))),
+    "SanaSprintSaveControlNet": Spec((_sock("controlnet", "SANA_CONTROLNET"), In("filename_prefix", "STRING"),
+                                      In("destination", "COMBO"), In("weight_dtype", "COMBO")), (("STRING", "STRING"),)),
+})
+
+
+def train_controlnet() -> list[Node]:
+    """Sprint DiT + Gemma + DC-AE -> images folder -> cache with HED scribbles -> Distill ControlNet (teacher:
+    NVIDIA's HED ControlNet with the Sana base inside its file; teacher_model unlinked) -> save it, loss graph,
+    and a 2-step image steered by it from the HED scribble of input/example.png. Put images with .txt
+    captions in input/sana_sprint_training first."""
+    distill = {"model": (1, 0), "cache": (11, 0), "mode": "distill", "teacher_controlnet": CONTROLNET_NAME,
+               "init": "auto", "steps": 1000, "learning_rate": 1e-5, "batch_size": 1, "scm_weight": 1.0,
+               "ladd_weight": 0.5, "max_time_probability": 0.5, "seed": SEED, "save_every": 250, "preview_every": 50,
+               "output_name": "sana_sprint_controlnet", "resume": False}
+    return [
+        *_loaders(),
+        Node(10, "SanaSprintDataset", {"folder": TRAIN_FOLDER, "resolution": 1024, "buckets": True,
+                                       "skip_bad_files": False, "caption_extension": ".txt"}, (420, 520),
+             size=(340, 200)),
+        _precompute(HED_PROMPT, "hed"),
+        Node(12, "SanaSprintDistillControlNet", distill, (840, 420), size=(360, 500)),
+        Node(13, "SanaSprintSaveControlNet", {"controlnet": (12, 0), "filename_prefix": "sana_sprint_controlnet",
+                                              "destination": "controlnet", "weight_dtype": "bf16"}, (1240, 700)),
+        Node(14, "SanaSprintLossGraph", {"loss": (12, 1)}, (1240, 880), size=(460, 360)),
+        _prompt(HED_PROMPT),
+        _empty_latent(),
+        Node(9, "LoadImage", {"image": INPUT_IMAGE}, (1240, 40)),
+        Node(15, "SanaSprintHEDPreprocessor", {"image": (9, 0), "mode": "hed", "detect_resolution": 1024,
+                                               "thickness": 2, "hed_model": HED_NAME}, (1600, 40), size=(320, 360)),
+        Node(16, "SanaSprintControlNetApply", {"positive": (4, 0), "controlnet": (12, 0), "vae": (3, 0),
+                                               "image": (15, 0), "strength": 1.0, "width": 1024, "height": 1024},
+             (1960, 40), size=(320, 200)),
+        _sampler(2, (5, 0), 1.0, positive=(16, 0)),
+        *_tail("SanaSprint_trained_controlnet"),
+    ]
+
+
+WORKFLOWS["sana_sprint_train_controlnet"] = train_controlnet
 
 
 def widget_values(node: Node) -> list:

@@ -35,9 +35,10 @@ NODE_IDS = ("SanaSprintDiTLoader", "SanaSprintTextEncoderLoader", "SanaSprintVAE
             "SanaSprintVAEDecode", "SanaSprintVAEEncode", "SanaSprintLivePreview", "SanaSprintScribblePad",
             "SanaSprintControlNetLoader", "SanaSprintHEDPreprocessor", "SanaSprintControlNetApply",
             "SanaSprintDataset", "SanaSprintPrecompute", "SanaSprintDistill", "SanaSprintLossGraph",
-            "SanaSprintSaveLoRA", "SanaSprintSaveStudent", "SanaSprintLoraLoader")
-# Trains a model on a folder of images: run by tests/e2e/test_real_training.py with its own inputs.
-RUN_ELSEWHERE = {"sana_sprint_train_lora"}
+            "SanaSprintSaveLoRA", "SanaSprintSaveStudent", "SanaSprintLoraLoader", "SanaSprintDistillControlNet",
+            "SanaSprintSaveControlNet")
+# Train a model on a folder of images: run by tests/e2e/test_real_training.py with their own inputs.
+RUN_ELSEWHERE = {"sana_sprint_train_lora", "sana_sprint_train_controlnet"}
 IMG2IMG_SIZE = (256, 192)  # width, height of the generated input image
 # Widget input types; SANA_SCRIBBLE is the scribble pad's canvas, a widget of the pack's frontend extension.
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "SANA_SCRIBBLE"}
@@ -126,7 +127,7 @@ def test_workflow_templates_are_listed_and_served(server):
     listed = server.get("/workflow_templates")
     ui_names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     assert sorted(listed[PACK]) == ui_names
-    assert len(ui_names) == 9
+    assert len(ui_names) == 10
     for name in ui_names:
         status, body = server.get_bytes(f"/api/workflow_templates/{PACK}/{name}.json")
         assert status == 200 and json.loads(body)["version"] == 0.4

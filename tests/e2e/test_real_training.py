@@ -5,7 +5,9 @@
 A server with the pack, the tiny models plus a tiny teacher, and a folder of images with captions in
 its input folder runs the shipped training workflow (CI-sized values), streams progress events,
 progress text and previews, is interrupted through /interrupt and resumed, and ComfyUI's own
-LoraLoaderModelOnly loads the trained LoRA.
+LoraLoaderModelOnly loads the trained LoRA. The ControlNet training workflow runs too: a Sprint
+ControlNet distilled from the tiny Sana HED ControlNet steers the sampler, and its saved file,
+loaded back by SanaSprintControlNetLoader, gives the same latents.
 """
 
 from __future__ import annotations
@@ -32,10 +34,13 @@ pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a Co
 REPO = Path(__file__).resolve().parents[2]
 PACK = "ComfyUI-SanaSprint"
 WORKFLOW = REPO / "workflows" / "api" / "sana_sprint_train_lora.json"
+CN_WORKFLOW = REPO / "workflows" / "api" / "sana_sprint_train_controlnet.json"
 TRAINING_NODES = ("SanaSprintDataset", "SanaSprintPrecompute", "SanaSprintDistill", "SanaSprintLossGraph",
-                  "SanaSprintSaveLoRA", "SanaSprintSaveStudent", "SanaSprintLoraLoader")
+                  "SanaSprintSaveLoRA", "SanaSprintSaveStudent", "SanaSprintLoraLoader",
+                  "SanaSprintDistillControlNet", "SanaSprintSaveControlNet")
 TEXT_FRAME = 3  # protocol.BinaryEventTypes.TEXT: u32 length of the node id, the node id, utf-8 text
 DISTILL, SAVE_LORA, LOSS_GRAPH = "12", "13", "14"
+SAVE_CONTROLNET = "13"  # in the ControlNet workflow (Distill and Loss Graph have the ids above)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,8 @@ def server(tmp_path_factory):
     write_tiny_models(base / "models")
     write_tiny_teacher(base / "models")
     write_training_images(base / "input" / "sana_sprint_training")
+    pixels = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(base / "input" / "example.png")  # the control photo of the ControlNet workflow
     srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log")
     srv.base = base
     try:
@@ -244,3 +251,98 @@ def test_saved_student_loads_back_with_the_same_output(server, client, trained):
     patched, loaded = _latent(server, history, "60"), _latent(server, history, "61")
     assert patched.std() > 0.01
     torch.testing.assert_close(loaded, patched, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# ControlNet training (workflow sana_sprint_train_controlnet)
+
+
+def save_latent(source: str, name: str) -> dict:
+    """A core SaveLatent node for output 0 of node `source`, into output/latents/<name>."""
+    return {"class_type": "SaveLatent", "inputs": {"samples": [source, 0], "filename_prefix": f"latents/{name}"}}
+
+
+def controlnet_prompt(output_name: str, steps: int, **distill) -> dict:
+    """The shipped ControlNet workflow with CI-sized values (64 px, 128 px HED maps); the ControlNet is
+    saved in fp32 and the steered latent kept with SaveLatent."""
+    prompt = json.loads(CN_WORKFLOW.read_text())
+    prompt["10"]["inputs"]["resolution"] = 64
+    prompt[DISTILL]["inputs"].update(steps=steps, learning_rate=1e-3, preview_every=1, save_every=0,
+                                     output_name=output_name, **distill)
+    prompt[SAVE_CONTROLNET]["inputs"].update(filename_prefix=output_name, weight_dtype="fp32")
+    prompt["5"]["inputs"].update(width=64, height=64, aspect_ratio="custom")
+    prompt["15"]["inputs"]["detect_resolution"] = 128
+    prompt["16"]["inputs"].update(width=64, height=64)
+    prompt["60"] = save_latent("6", output_name)
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def cn_trained(server):
+    c = Client(server)
+    try:
+        run, texts, history = submit(c, controlnet_prompt("e2e_cn", 3))
+    finally:
+        c.close()
+    assert not run.of_type("execution_error"), run.of_type("execution_error")[0].get("exception_message")
+    return run, texts, history
+
+
+def test_controlnet_workflow_trains_with_progress_text_and_previews(server, cn_trained):
+    run, texts, history = cn_trained
+    assert history["status"]["status_str"] == "success"
+    info = server.get("/object_info/SanaSprintDistillControlNet")["SanaSprintDistillControlNet"]
+    assert info["output"] == ["SANA_CONTROLNET", "LOSS_MAP"] and "teacher_model" in info["input"]["optional"]
+    assert progress_of(run, DISTILL) == [(1, 3), (2, 3), (3, 3)]
+    distill_texts = [t for node, t in texts if node == DISTILL]
+    assert distill_texts[0].startswith("step 1/3 (G)  loss_scm ")
+    assert distill_texts[1].startswith("step 2/3 (D)  loss_d ")
+    assert len(run.previews) >= 3 + 2  # the Distill node every iteration, then the 2-step sampler
+    (item,) = history["outputs"]["8"]["images"]
+    image = Image.open(io.BytesIO(server.view(item)))
+    assert image.size == (64, 64) and np.asarray(image).std() > 1
+    (graph,) = history["outputs"][LOSS_GRAPH]["images"]
+    assert Image.open(io.BytesIO(server.view(graph))).size == (900, 750)
+    path = server.base / "models" / "controlnet" / "e2e_cn_00001.safetensors"
+    assert history["outputs"][SAVE_CONTROLNET]["text"] == [f"saved {path}"]
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["sana_sprint.kind"] == "controlnet" and meta["sana_sprint.steps"] == "3"
+    run_dir = server.base / "output" / "sana_sprint_training" / "e2e_cn"
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == 3
+
+
+def test_saved_controlnet_loads_back_with_the_same_latents(server, client, cn_trained):
+    """The saved file through SanaSprintControlNetLoader gives the trained ControlNet's latents; at
+    strength 0 the image is another (the ControlNet steers)."""
+    _, _, history = cn_trained
+    base = json.loads(CN_WORKFLOW.read_text())
+    prompt = {k: base[k] for k in ("1", "2", "3", "4", "5", "9", "15", "16", "6")}
+    prompt["5"]["inputs"].update(width=64, height=64, aspect_ratio="custom")
+    prompt["15"]["inputs"]["detect_resolution"] = 128
+    prompt["70"] = {"class_type": "SanaSprintControlNetLoader",
+                    "inputs": {"controlnet_name": "e2e_cn_00001.safetensors", "weight_dtype": "auto", "wiring": "auto"}}
+    prompt["16"]["inputs"].update(controlnet=["70", 0], width=64, height=64)
+    prompt["71"] = dict(prompt["16"], inputs={**prompt["16"]["inputs"], "strength": 0.0})
+    prompt["72"] = dict(prompt["6"], inputs={**prompt["6"]["inputs"], "positive": ["71", 0]})
+    for node, source in (("61", "6"), ("62", "72")):
+        prompt[node] = save_latent(source, f"cn{node}")
+    run, _, loaded_history = submit(client, prompt)
+    assert loaded_history["status"]["status_str"] == "success", run.of_type("execution_error")
+    trained = _latent(server, history, "60")
+    loaded, unsteered = _latent(server, loaded_history, "61"), _latent(server, loaded_history, "62")
+    assert trained.shape == (1, 32, 2, 2) and trained.std() > 0.01
+    torch.testing.assert_close(loaded, trained, rtol=1e-6, atol=1e-6)
+    assert (unsteered - trained).abs().max() > 1e-3
+
+
+def test_controlnet_train_mode_without_a_teacher(server, client):
+    prompt = controlnet_prompt("e2e_cn_train", 2, mode="train", teacher_controlnet="none")
+    run, texts, history = submit(client, prompt)
+    assert history["status"]["status_str"] == "success", run.of_type("execution_error")
+    distill_texts = [t for node, t in texts if node == DISTILL]
+    assert [t.split("  ")[0] for t in distill_texts] == ["step 1/2 (G)", "step 2/2 (G)"]
+    assert all(" loss_denoise " in t for t in distill_texts)
+    config = json.loads((server.base / "output" / "sana_sprint_training" / "e2e_cn_train" / "config.json").read_text())
+    assert config["controlnet"]["mode"] == "train" and config["controlnet"]["init"] == "auto"
+    assert config["controlnet"]["teacher_controlnet"] == "" and not config["distill"]["scm"]

@@ -39,7 +39,7 @@ UI = {p.stem: json.loads(p.read_text()) for p in sorted(WORKFLOWS.glob("*.json")
 
 def test_committed_files_equal_the_generator_output():
     files = build.render()
-    assert len(files) == 18
+    assert len(files) == 20
     for path, text in files.items():
         assert path.read_text() == text, f"{path} is stale: run python workflows/build.py"
     assert sorted(API) == sorted(UI) == sorted(build.WORKFLOWS)
@@ -151,8 +151,9 @@ def _execute(prompt: dict, nodes: dict, input_image: torch.Tensor) -> dict:
     return saved
 
 
-# Trains a model: run with CI-sized inputs (64 px images, 3 iterations) by tests/nodes/test_training_nodes.py.
-RUN_ELSEWHERE = {"sana_sprint_train_lora"}
+# Train a model: run with CI-sized inputs (64 px images, 3 iterations) by tests/nodes/test_training_nodes.py
+# and tests/nodes/test_controlnet_training_nodes.py.
+RUN_ELSEWHERE = {"sana_sprint_train_lora", "sana_sprint_train_controlnet"}
 
 
 @pytest.mark.parametrize("name", sorted(set(API) - RUN_ELSEWHERE))
