@@ -85,7 +85,7 @@ def test_generator_step_gradients_with_and_without_checkpointing_agree(mode):
 
 
 def test_discriminator_step_trains_heads_only_and_uses_max_time(monkeypatch):
-    pair, disc, nets = make(mode="lora")
+    pair, disc, nets = make(mode="full")  # (a LoRA-mode teacher runs through the same student.model)
     seen = []
     model = pair.student.model
     original = model.forward

@@ -43,7 +43,8 @@ class Batch:
 
 @dataclass
 class Nets:
-    """`student`/`disc` may be DDP-wrapped (used for the grad forwards); the *_core ones are not."""
+    """`student`/`disc` may be DDP-wrapped (used for the grad forwards); the *_core ones are not. Under FSDP
+    the student is sharded in place (student is student_core) and is only called through forward / velocity."""
 
     student: nn.Module
     student_core: Student
@@ -99,7 +100,7 @@ def scm_target(nets: Nets, batch: Batch, x_t: Tensor, t: Tensor, w: Tensor, r: f
         dxt_dt = losses.teacher_cfg_derivative(f_u, f_c, w)
         v_x, v_t = losses.scm_jvp_tangents(t, dxt_dt)
         control = _control(batch)
-        fn = lambda x_in, s: nets.student_core.model(x_in, s, batch.text, batch.mask, w, **control)  # noqa: E731
+        fn = lambda x_in, s: nets.student_core.velocity(x_in, s, batch.text, batch.mask, w, **control)  # noqa: E731
         f_minus, d_f = torch.func.jvp(fn, (x_t / SIGMA_DATA, t), (v_x, v_t))
         g = losses.scm_tangent(f_minus, d_f, dxt_dt, x_t, t, r)
         return f_minus, losses.normalize_tangent(g, cfg.tangent_norm_eps)
@@ -115,7 +116,7 @@ def adversarial_grad(nets: Nets, fake: Tensor, t_d: Tensor, batch: Batch, blocks
     leaf = fake.detach().requires_grad_(True)
     teacher = nets.teacher
     with teacher.view():  # the backward (and any checkpoint recompute) must see the teacher too
-        feats = teacher_features(teacher.model, teacher.dit, blocks, leaf / SIGMA_DATA, t_d, batch.text,
+        feats = teacher_features(teacher.fn, teacher.dit, blocks, leaf / SIGMA_DATA, t_d, batch.text,
                                  batch.mask, None, **_control(batch))
         loss = losses.hinge_generator_loss(nets.disc_core(feats)[0])
         (grad,) = torch.autograd.grad(loss, leaf)
@@ -165,7 +166,7 @@ def fake_and_real(nets: Nets, batch: Batch, cfg: DistillConfig, draws: Draws):
         t = losses.with_max_time(draws.scm_time(b, cfg.p_mean, cfg.p_std), draws.uniform(b),
                                  cfg.largest_timestep_prob, T_MAX)
         x_t = draws.noised(x0, t)
-        f = nets.student_core.model(x_t / SIGMA_DATA, t, batch.text, batch.mask, w, **_control(batch))
+        f = nets.student_core.velocity(x_t / SIGMA_DATA, t, batch.text, batch.mask, w, **_control(batch))
         x0_hat = trigflow.x0_from_prediction(x_t, SIGMA_DATA * f, trigflow.bcast(t, x_t))
         t_f = draws.scm_time(b, cfg.disc_p_mean, cfg.disc_p_std)
         fake = draws.noised(x0_hat, t_f)
@@ -227,7 +228,7 @@ def apply_update(optimizer: torch.optim.Optimizer, params: list[Tensor], max_nor
     """
     clip = clip_fn or torch.nn.utils.clip_grad_norm_
     norm = clip(params, max_norm if max_norm > 0 else float("inf"))
-    norm = float(norm)
+    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
     finite = bool(torch.isfinite(torch.tensor(norm)))
     if finite:
         optimizer.step()

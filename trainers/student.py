@@ -99,13 +99,26 @@ class Student(nn.Module):
         _, c = self.dit.embed_conditions(tau, guidance, self.dit.dtype)  # c: time + CFG embedding (B, D)
         return f, self.logvar_linear(c.to(self.logvar_linear.weight.dtype)) * self.logvar_scale
 
+    def velocity(self, x_in: Tensor, s: Tensor, context: Tensor, mask: Tensor | None, guidance: Tensor | None,
+                 **model_kwargs) -> Tensor:
+        """F alone, without the logvar head: the JVP, samples and the LoRA-mode teacher call this.
+
+        Under FSDP (trainers/fsdp.py) it is registered as a forward method, so it gathers the root unit.
+        """
+        return self.model(x_in, s, context, mask, guidance, **model_kwargs)
+
 
 class Teacher:
-    """Frozen teacher F(x_in, s, context, mask) (no guidance input); `dit` is hooked for LADD features."""
+    """Frozen teacher F(x_in, s, context, mask) (no guidance input); `dit` is hooked for LADD features.
 
-    def __init__(self, dit: SanaSprintDiT, view: Callable[[], object] = nullcontext):
+    `fn(x_in, s, context, mask, guidance, **kw)` computes F (default: the TrigFlow wrapper of `dit`);
+    in LoRA mode it is the student's `velocity`, called inside `view` (adapters off).
+    """
+
+    def __init__(self, dit: SanaSprintDiT, view: Callable[[], object] = nullcontext, fn: Callable | None = None):
         self.model = TrigFlowModel(dit)
         self.view = view
+        self.fn = self.model if fn is None else fn
 
     @property
     def dit(self) -> SanaSprintDiT:
@@ -113,7 +126,7 @@ class Teacher:
 
     def __call__(self, x_in: Tensor, s: Tensor, context: Tensor, mask: Tensor | None, **model_kwargs) -> Tensor:
         with self.view():
-            return self.model(x_in, s, context, mask, None, **model_kwargs)
+            return self.fn(x_in, s, context, mask, None, **model_kwargs)
 
 
 def _tuner_layers(model: nn.Module) -> list[nn.Module]:
@@ -127,13 +140,19 @@ def teacher_view(dit: SanaSprintDiT):
     """Within the block, `dit` computes the teacher: LoRA adapters off, guidance embedder detached.
 
     Gradient-checkpoint recomputation replays module state at backward time, so a backward through
-    a teacher pass must also run inside this block (steps.py does so).
+    a teacher pass must also run inside this block (steps.py does so). peft's switch also freezes the
+    adapter weights; their requires_grad flags are put back at once (the switched-off adapters are not
+    used either way): FSDP copies these flags into the gathered weights, and a flag that changed since
+    would be set inside the next sCM JVP, which torch.func does not allow.
     """
     layers = _tuner_layers(dit)
     embed = dit.time_embed
     guidance = embed.guidance_embedder
     for layer in layers:
+        flags = [(p, p.requires_grad) for p in layer.parameters()]
         layer.enable_adapters(False)
+        for p, flag in flags:
+            p.requires_grad_(flag)
     embed.guidance_embedder = None
     try:
         yield
@@ -184,7 +203,6 @@ def build_pair(teacher_dit: SanaSprintDiT, cfg: ModelConfig, generator: torch.Ge
         dit = with_guidance_embedder(teacher_dit, teacher_dit.dtype, copy=False, generator=generator)
         dit.requires_grad_(False)
         dit = add_lora(dit, cfg)
-        teacher = Teacher(dit, view=lambda: teacher_view(dit))
         for name, p in dit.named_parameters():
             if ".lora_" in name or name.startswith("time_embed.guidance_embedder."):
                 p.data = p.data.float()
@@ -192,6 +210,8 @@ def build_pair(teacher_dit: SanaSprintDiT, cfg: ModelConfig, generator: torch.Ge
     dit.gradient_checkpointing = cfg.gradient_checkpointing
     set_cross_attention(dit, "math")  # the JVP needs forward-mode AD through cross-attention
     student = Student(dit, cfg.logvar_scale)
+    if cfg.mode != "full":  # the student's own F with the adapters off; looked up per call (FSDP patches it)
+        teacher = Teacher(dit, view=lambda: teacher_view(dit), fn=lambda *a, **kw: student.velocity(*a, **kw))
     return Pair(student, teacher, cfg.mode)
 
 
