@@ -31,6 +31,20 @@ def test_types_and_choices_are_checked():
         config_from_dict({"model": [1]})
 
 
+def test_fsdp_refuses_what_it_cannot_shard():
+    with pytest.raises(ValueError, match="'fsdp' needs optim.optimizer 'adamw': torch's Adafactor factors"):
+        config_from_dict({"train": {"distributed": "fsdp"}, "optim": {"optimizer": "adafactor"}})
+    with pytest.raises(ValueError, match="'fsdp' supports train.mixed_precision 'bf16' or 'no', got 'fp16'"):
+        config_from_dict({"train": {"distributed": "fsdp", "mixed_precision": "fp16"}, "model": {"weights_dtype": "fp16"}})
+    control = {"mode": "train", "backbone": "sprint.safetensors"}
+    with pytest.raises(ValueError, match="controlnet.mode 'train' trains a ControlNet on a frozen backbone, use"):
+        config_from_dict({"train": {"distributed": "fsdp"}, "controlnet": control,
+                          "distill": {"scm": False, "ladd": False}})
+    assert config_from_dict({"train": {"distributed": "fsdp"}, "model": {"mode": "full"}}).train.distributed == "fsdp"
+    # the same settings with DDP are accepted
+    config_from_dict({"optim": {"optimizer": "adafactor"}, "controlnet": control, "distill": {"scm": False, "ladd": False}})
+
+
 def test_ints_become_floats_and_lr_defaults_follow_the_mode():
     cfg = config_from_dict({"optim": {"weight_decay": 0}, "model": {"mode": "full"}})
     assert isinstance(cfg.optim.weight_decay, float)
@@ -63,9 +77,10 @@ def test_example_configs_load():
 
     folder = Path(__file__).resolve().parents[1] / "trainers" / "configs"
     files = sorted(folder.glob("*.yaml"))
-    assert len(files) == 4
+    assert len(files) == 5
     for path in files:
         cfg = load_config(path)
+        assert cfg.train.distributed == ("fsdp" if path.stem.endswith("_fsdp") else "ddp")
         assert cfg.train.mixed_precision == "bf16"
         if cfg.controlnet.mode == "off":
             assert cfg.model.teacher

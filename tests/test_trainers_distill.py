@@ -100,8 +100,6 @@ def test_cli_dry_run_and_errors(workspace, tmp_path, capsys):
         train(config_from_dict(trainer_config(workspace, train={"resume": "latest", "output_dir": str(tmp_path / "new")})))
     with pytest.raises(ValueError, match="outside the teacher's 3 blocks"):
         train(config_from_dict(trainer_config(workspace, distill={"head_blocks": [2, 8]})))
-    with pytest.raises(ValueError, match="'fsdp' is not supported yet"):
-        train(config_from_dict(trainer_config(workspace, train={"distributed": "fsdp"})))
     with pytest.raises(ValueError, match="model.teacher is empty"):
         train(config_from_dict(trainer_config(workspace, model={"teacher": ""})))
 

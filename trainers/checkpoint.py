@@ -6,7 +6,9 @@ A checkpoint is a folder `checkpoints/step_<N>/` holding safetensors only (plus 
   rng_rank<r>.safetensors  the step generator and torch's global RNG of each process
   state.json  step, data position, counters       config.json  the resolved config
 It is written under a temporary name and renamed into place (os.replace), then `latest.json`
-is replaced; a crash leaves either the old or the new checkpoint, never a half one.
+is replaced; a crash leaves either the old or the new checkpoint, never a half one. Tensors are
+always full: an FSDP run gathers its shards before writing and cuts them again on loading
+(trainers/fsdp.py), so the files do not depend on how the run was distributed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from torch import Tensor, nn
 from sana_sprint_core.checkpoint_io import (
     read_state_dict, read_state_dict_with_info, read_tensor_specs, resolve_checkpoint, save_safetensors_atomic,
 )
+
+from .fsdp import local_like, shard_optimizer_state
 
 LATEST = "latest.json"
 _TENSOR = "__tensor__:"
@@ -100,11 +104,11 @@ def begin(output_dir: Path, step: int) -> Path:
     return tmp
 
 
-def write_models(tmp: Path, student: nn.Module, disc: nn.Module | None, opt_g, opt_d) -> None:
-    """Trainable student tensors, heads and optimiser states into the temporary folder."""
-    trainable = {n: p.detach().cpu() for n, p in student.named_parameters() if p.requires_grad}
-    save_safetensors_atomic(trainable, tmp / "student.safetensors")
-    save_nested(opt_g.state_dict(), tmp / "optim_g.safetensors")
+def write_models(tmp: Path, trainable: dict[str, Tensor], opt_g_state: dict, disc: nn.Module | None, opt_d) -> None:
+    """Trainable student tensors and the student optimiser's state dict (both full, unsharded), the heads
+    and their optimiser state into the temporary folder."""
+    save_safetensors_atomic({n: t.detach().cpu() for n, t in trainable.items()}, tmp / "student.safetensors")
+    save_nested(opt_g_state, tmp / "optim_g.safetensors")
     if disc is not None:
         save_safetensors_atomic({k: v.detach().cpu() for k, v in disc.state_dict().items()}, tmp / "disc.safetensors")
         save_nested(opt_d.state_dict(), tmp / "optim_d.safetensors")
@@ -144,7 +148,9 @@ def find(output_dir: Path, resume: str) -> Path:
 
 
 def load_models(folder: Path, student: nn.Module, disc: nn.Module | None, opt_g, opt_d) -> None:
-    """Restore trainable tensors, heads and optimisers (strict: names and shapes must match)."""
+    """Restore trainable tensors, heads and optimisers (strict: names and shapes must match).
+
+    An FSDP-sharded student takes its shard of each full tensor (every process reads the files)."""
     saved, _ = read_state_dict_with_info(folder / "student.safetensors")
     params = {n: p for n, p in student.named_parameters() if p.requires_grad}
     if set(saved) != set(params):
@@ -153,8 +159,8 @@ def load_models(folder: Path, student: nn.Module, disc: nn.Module | None, opt_g,
                          f"changed?); differing names: {diff}")
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(saved[name])
-    opt_g.load_state_dict(load_nested(folder / "optim_g.safetensors"))
+            p.copy_(local_like(saved[name], p))
+    opt_g.load_state_dict(shard_optimizer_state(load_nested(folder / "optim_g.safetensors"), opt_g))
     if disc is not None:
         disc_state, _ = read_state_dict_with_info(folder / "disc.safetensors")
         disc.load_state_dict(disc_state, strict=True)

@@ -242,6 +242,7 @@ def validate(cfg: Config) -> Config:
     if cfg.controlnet.mode != "train" and not (cfg.distill.scm or cfg.distill.ladd):
         raise ValueError("config keys distill.scm and distill.ladd are both false: enable at least one loss")
     _validate_controlnet(cfg)
+    _validate_fsdp(cfg)
     if not cfg.distill.cfg_scales:
         raise ValueError("config key distill.cfg_scales is empty; the NVlabs recipe uses [4.0, 4.5, 5.0]")
     if not 0.0 <= cfg.distill.largest_timestep_prob <= 1.0:
@@ -283,6 +284,22 @@ def _validate_controlnet(cfg: Config) -> None:
     if c.num_blocks < 1 or c.strength < 0:
         raise ValueError(f"config keys controlnet.num_blocks must be >= 1 and controlnet.strength >= 0, got "
                          f"{c.num_blocks}, {c.strength}")
+
+
+def _validate_fsdp(cfg: Config) -> None:
+    """What train.distributed 'fsdp' (trainers/fsdp.py) does not support, each with the reason."""
+    if cfg.train.distributed != "fsdp":
+        return
+    if cfg.optim.optimizer == "adafactor":
+        raise ValueError("train.distributed 'fsdp' needs optim.optimizer 'adamw': torch's Adafactor factors each "
+                         "weight's second moment over its rows and columns, and FSDP splits the rows across "
+                         "processes (Adafactor fails on the sharded parameters)")
+    if cfg.train.mixed_precision == "fp16":
+        raise ValueError("train.distributed 'fsdp' supports train.mixed_precision 'bf16' or 'no', got 'fp16' "
+                         "(the fp16 gradient scaler over sharded gradients is not supported here)")
+    if cfg.controlnet.mode != "off":
+        raise ValueError(f"train.distributed 'fsdp' shards the DiT student; controlnet.mode {cfg.controlnet.mode!r} "
+                         "trains a ControlNet on a frozen backbone, use train.distributed 'ddp'")
 
 
 def _check_numbers(key: str, values: list, kind: type) -> None:

@@ -1,6 +1,7 @@
 """CLI and loop of the SANA-Sprint distillation: `python -m trainers.distill --config FILE`.
 
-Several GPUs: `accelerate launch --num_processes N -m trainers.distill --config FILE` (DDP).
+Several GPUs: `accelerate launch --multi_gpu --num_processes N -m trainers.distill --config FILE` (DDP;
+with `train.distributed: fsdp` the student is sharded with FSDP, trainers/fsdp.py).
 Stages: precompute the latent/text cache (if missing or stale) -> optional teacher preparation ->
 distillation, alternating G and D iterations when LADD is on. Writes into train.output_dir:
 config.json, loss.csv, loss.png, checkpoints/, validation/, and the outputs sprint_lora.safetensors
@@ -23,7 +24,7 @@ import torch
 from sana_sprint_core.dit_loading import load_dit
 
 from . import checkpoint as ckpt
-from . import controlnet
+from . import controlnet, fsdp
 from .batches import BatchStream
 from .config import Config, config_to_json, load_config, save_config
 from .discriminator import Discriminator, check_head_blocks
@@ -31,25 +32,25 @@ from .export import export_lora, export_student, metadata, weights_sha256
 from .logs import LossLog, plot_losses
 from .precompute import CachedDataset, cache_is_current, precompute
 from .steps import Draws, Nets, apply_update, discriminator_step, generator_step
-from .student import build_pair, check_teacher
+from .student import build_pair, check_teacher, trainable_state_dict
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LORA_FILE, STUDENT_FILE = "sprint_lora.safetensors", "sprint_student.safetensors"
 
 
 def make_accelerator(cfg: Config):
-    """Accelerator for DDP (or one process); FSDP is not supported by this trainer yet."""
+    """Accelerator of this process (DDP for what `setup` prepares; FSDP is applied by `setup` itself)."""
+    import os
+
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
-
-    if cfg.train.distributed == "fsdp":
-        raise ValueError("train.distributed 'fsdp' is not supported yet (the JVP needs unsharded student weights); "
-                         "use 'ddp', LoRA mode, or the adafactor optimizer to save memory")
-    import os
 
     kwargs = DistributedDataParallelKwargs(find_unused_parameters=False)
     cpu = not torch.cuda.is_available()  # without cpu=True accelerate treats CPU workers as independent runs
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[kwargs], cpu=cpu)
+    if acc.distributed_type.name == "FSDP":
+        raise ValueError("launched with accelerate's FSDP (--use_fsdp or an FSDP accelerate config); this trainer "
+                         "shards the student itself: launch with --multi_gpu and set train.distributed: fsdp")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if acc.num_processes != world:
         raise RuntimeError(f"launched with WORLD_SIZE={world} but accelerate set up {acc.num_processes} process(es)")
@@ -80,10 +81,12 @@ class Run:
     teacher_path: str
     g_steps: int = 0
     last: dict = field(default_factory=dict)
+    sharded: bool = False  # the student is FSDP-sharded (train.distributed fsdp with several processes)
 
     @property
     def g_params(self) -> list:
-        return [p for p in self.nets.student_core.parameters() if p.requires_grad]
+        """The student's trainable parameters, as its optimiser holds them (DTensors under FSDP)."""
+        return [p for group in self.opt_g.param_groups for p in group["params"]]
 
     @property
     def d_params(self) -> list:
@@ -129,21 +132,36 @@ def setup(cfg: Config, acc, teacher_path: str, base_hash: str, teacher: torch.nn
     student = pair.student.to(acc.device)
     if not cfg.distill.scm:  # the logvar head only feeds the sCM loss
         student.logvar_linear.requires_grad_(False)
+    sharded = cfg.train.distributed == "fsdp" and acc.num_processes > 1  # one process: nothing to shard
+    if sharded:  # before the optimiser is built: it must hold the sharded parameters
+        fsdp.shard_student(student, acc.device, acc.num_processes)
+        acc.print(fsdp.describe(student, acc.num_processes))
     dim = pair.teacher.dit.config.hidden_size if pair.teacher is not None else None
     disc = Discriminator(dim, cfg.distill.head_blocks).to(acc.device) if cfg.distill.ladd else None
     opt_g = make_optimizer([p for p in student.parameters() if p.requires_grad], cfg, cfg.optim.lr)
     opt_d = make_optimizer(list(disc.parameters()), cfg, cfg.optim.disc_lr) if disc is not None else None
-    if disc is not None:
-        student_w, disc_w, opt_g, opt_d = acc.prepare(student, disc, opt_g, opt_d)
-    else:
-        student_w, opt_g = acc.prepare(student, opt_g)
-        disc_w = None
+    student_w, disc_w, opt_g, opt_d = prepare_models(acc, student, disc, opt_g, opt_d, sharded)
     nets = Nets(student_w, student, pair.teacher, disc_w, disc)
     strength = cfg.controlnet.strength if controlnet.enabled(cfg) else None
     stream = BatchStream(CachedDataset(cfg.data.cache_dir), cfg.train.batch_size, cfg.train.seed,
                          acc.process_index, acc.num_processes, control_strength=strength)
     generator = torch.Generator().manual_seed(cfg.train.seed + 7919 * acc.process_index)
-    return Run(cfg, acc, nets, opt_g, opt_d, stream, generator, Path(cfg.train.output_dir), base_hash, teacher_path)
+    return Run(cfg, acc, nets, opt_g, opt_d, stream, generator, Path(cfg.train.output_dir), base_hash, teacher_path,
+               sharded=sharded)
+
+
+def prepare_models(acc, student, disc, opt_g, opt_d, sharded: bool) -> tuple:
+    """accelerate.prepare: DDP for the student (unless FSDP sharded it) and the heads, optimiser wrappers.
+
+    Returns (student, heads, opt_g, opt_d) as the loop uses them (heads and opt_d None without LADD).
+    """
+    objects = ([] if sharded else [student]) + ([disc, opt_g, opt_d] if disc is not None else [opt_g])
+    prepared = acc.prepare(*objects)
+    prepared = list(prepared) if len(objects) > 1 else [prepared]
+    student_w = student if sharded else prepared.pop(0)
+    if disc is None:
+        return student_w, None, prepared[0], None
+    return student_w, *prepared
 
 
 def _set_lr(run: Run) -> float:
@@ -171,6 +189,8 @@ def iteration(run: Run, step: int) -> dict:
             lr = cfg.optim.disc_lr
             out = discriminator_step(run.nets, batch, cfg.distill, draws)
             norm, applied = apply_update(run.opt_d, run.d_params, cfg.optim.grad_clip, acc.clip_grad_norm_)
+    if run.sharded:
+        fsdp.reshard_root(run.nets.student_core)
     row = {"step": step, "phase": phase, "grad_norm": f"{norm:.6g}", "lr": f"{lr:.6g}", "skipped": int(not applied)}
     for name, value in out.items():
         row[name] = repr(acc.reduce(value.float(), reduction="mean").item())
@@ -178,8 +198,12 @@ def iteration(run: Run, step: int) -> dict:
 
 
 def check_in_sync(run: Run) -> None:
-    """Raise if the processes' trainable weights differ (a DDP bug would show here first)."""
-    total = sum(p.detach().double().sum() for p in run.g_params + run.d_params)
+    """Raise if the processes' replicated trainable weights differ (a DDP bug would show here first).
+
+    FSDP-sharded tensors are left out: each shard has exactly one owner.
+    """
+    replicated = [p for p in run.g_params + run.d_params if not fsdp.is_sharded(p)]
+    total = sum(p.detach().double().sum() for p in replicated)
     sums = run.acc.gather(torch.as_tensor(total, dtype=torch.float64, device=run.acc.device).reshape(1))
     if not torch.all(sums == sums[0]):
         raise RuntimeError(f"processes hold different weights (checksums {sums.tolist()})")
@@ -194,16 +218,29 @@ def save(run: Run, next_step: int) -> Path | None:
         ckpt.begin(run.out, next_step)
     acc.wait_for_everyone()
     ckpt.write_rng(tmp, acc.process_index, run.generator)
+    trainable, opt_g_state = student_state(run)
     acc.wait_for_everyone()
     final = None
     if acc.is_main_process:
-        ckpt.write_models(tmp, run.nets.student_core, run.nets.disc_core, run.opt_g, run.opt_d)
+        ckpt.write_models(tmp, trainable, opt_g_state, run.nets.disc_core, run.opt_d)
         state = {"step": next_step, "g_steps": run.g_steps, "stream": run.stream.state(),
                  "base_hash": run.base_hash}
         final = ckpt.commit(tmp, state, config_to_json(run.cfg))
         plot_losses(run.out / "loss.csv", run.out / "loss.png")
     acc.wait_for_everyone()
     return final
+
+
+def student_state(run: Run) -> tuple[dict | None, dict | None]:
+    """(trainable student tensors, student optimiser state), full, on the main process (None elsewhere).
+
+    Under FSDP every process must call this: each sharded tensor is all-gathered in turn.
+    """
+    main = run.acc.is_main_process
+    if not run.sharded:
+        return (trainable_state_dict(run.nets.student_core), run.opt_g.state_dict()) if main else (None, None)
+    return (fsdp.gathered(trainable_state_dict(run.nets.student_core), main),
+            fsdp.gathered(run.opt_g.state_dict(), main))
 
 
 def resume(run: Run) -> int:
@@ -216,9 +253,12 @@ def resume(run: Run) -> int:
     return int(state["step"])
 
 
-def export(run: Run, steps: int) -> list[Path]:
-    """Write the outputs (main process): the LoRA and/or the full student, or the ControlNet, with metadata."""
-    cfg, student = run.cfg, run.nets.student_core
+def export(run: Run, steps: int, student=None) -> list[Path]:
+    """Write the outputs (main process): the LoRA and/or the full student, or the ControlNet, with metadata.
+
+    `student`: an unsharded student to export (`output_student`); default the run's own.
+    """
+    cfg, student = run.cfg, run.nets.student_core if student is None else student
     kind = "controlnet" if controlnet.enabled(cfg) else "lora" if cfg.model.mode == "lora" else "student"
     meta = metadata(kind, base_hash=run.base_hash, base_name=Path(run.teacher_path).name, steps=steps,
                     config_json=config_to_json(cfg))
@@ -232,8 +272,17 @@ def export(run: Run, steps: int) -> list[Path]:
     return paths
 
 
+def output_student(run: Run):
+    """The student whose weights the outputs hold: the run's own, or under FSDP an unsharded CPU copy on the
+    main process (None on the others; every process must call this)."""
+    if not run.sharded:
+        return run.nets.student_core
+    dtype = _DTYPES[run.cfg.model.weights_dtype]
+    return fsdp.plain_student(run.nets.student_core, run.cfg.model, dtype, run.acc.is_main_process)
+
+
 def validate(run: Run, step: int) -> list[Path]:
-    """Validation images of the cached prompts (main process; needs data.vae)."""
+    """Validation images of the cached prompts (main process, or every process under FSDP; needs data.vae)."""
     cfg = run.cfg
     prompts, text, mask = run.stream.dataset.validation_prompts()
     if not prompts or not cfg.data.vae:
@@ -244,14 +293,16 @@ def validate(run: Run, step: int) -> list[Path]:
 
     device = run.acc.device
     vae = load_vae(cfg.data.vae, device=device)
-    model = run.nets.student_core.model
+    student = run.nets.student_core
     size, kwargs = tuple(cfg.train.validation_size), {}
     if controlnet.enabled(cfg):  # every prompt with the control of the first cached image, at its size
         size, kwargs = controlnet.validation_control(run.stream.dataset, cfg.controlnet.strength, vae, device)
-    paths = save_validation(model, vae, text.to(device), mask.to(device), prompts, cfg.train.validation_steps,
-                            cfg.train.validation_guidance, size, cfg.train.seed, run.out / "validation", step,
-                            model_kwargs=kwargs)
+    paths = save_validation(student.velocity, student.dit.config.in_channels, vae, text.to(device), mask.to(device),
+                            prompts, cfg.train.validation_steps, cfg.train.validation_guidance, size, cfg.train.seed,
+                            run.out / "validation", step, model_kwargs=kwargs, write=run.acc.is_main_process)
     del vae
+    if run.sharded:
+        fsdp.reshard_root(student)
     return paths
 
 
@@ -285,8 +336,9 @@ def train(cfg: Config) -> Path:
     start = resume(run) if cfg.train.resume else 0
     log = LossLog(out / "loss.csv", keep_before=start) if acc.is_main_process else None
     loop(run, log, start)
+    student = output_student(run)
     if acc.is_main_process:
-        export(run, cfg.train.max_steps)
+        export(run, cfg.train.max_steps, student)
         plot_losses(out / "loss.csv", out / "loss.png")
     acc.wait_for_everyone()
     acc.end_training()
@@ -314,7 +366,7 @@ def loop(run: Run, log: LossLog | None, start: int, hooks=None) -> tuple[int, bo
         if saved:
             save(run, done)
         if t.validate_every > 0 and (done % t.validate_every == 0 or done == t.max_steps):
-            if run.acc.is_main_process:
+            if run.acc.is_main_process or run.sharded:
                 validate(run, done)
             run.acc.wait_for_everyone()
         if hooks is not None and hooks.after_step(run, done, row) and done < t.max_steps:

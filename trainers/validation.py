@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,21 +44,27 @@ def to_pil(image: Tensor) -> Image.Image:
     return Image.fromarray(data.numpy())
 
 
-def save_validation(model: TrigFlowModel, vae, text: Tensor, mask: Tensor, prompts: list[str], steps_list: list[int],
-                    guidance: float, size: tuple[int, int], seed: int, folder: Path, step: int,
-                    model_kwargs: dict | None = None) -> list[Path]:
-    """One PNG per (prompt, step count) in `folder`: step_<N>_p<i>_<k>step.png."""
+def save_validation(model: Callable[..., Tensor], channels: int, vae, text: Tensor, mask: Tensor, prompts: list[str],
+                    steps_list: list[int], guidance: float, size: tuple[int, int], seed: int, folder: Path, step: int,
+                    model_kwargs: dict | None = None, write: bool = True) -> list[Path]:
+    """One PNG per (prompt, step count) in `folder`: step_<N>_p<i>_<k>step.png.
+
+    `model` computes F like TrigFlowModel; `channels` are its latent channels. write=False only samples
+    (the other processes of an FSDP run, whose sharded model must take part in every forward).
+    """
     from sana_sprint_core.dcae import decode
 
-    folder.mkdir(parents=True, exist_ok=True)
     device = text.device
     factor = vae.config.downscale
-    shape = (len(prompts), model.dit.config.in_channels, size[0] // factor, size[1] // factor)
+    shape = (len(prompts), channels, size[0] // factor, size[1] // factor)
     paths = []
     for k in steps_list:
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn(shape, generator=gen).to(device)
         latents = sample_latents(model, noise, text, mask, guidance, k, gen, model_kwargs)
+        if not write:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
         images = decode(vae, latents)
         for i in range(len(prompts)):
             path = folder / f"step_{step:08d}_p{i}_{k}step.png"
