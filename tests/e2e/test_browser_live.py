@@ -13,6 +13,7 @@ pressed (tests/e2e/browser_live.mjs). The screenshot goes to docs/images/live_pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -47,7 +48,9 @@ SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWa
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.fixtures.comfy_models import write_tiny_models
+    from tests.fixtures.comfy_models import COMFY_VAE_NAME, TINY_DCAE, write_tiny_dcae, write_tiny_models
+
+    SLOW_DCAE = dataclasses.replace(TINY_DCAE, widths=(64, 128, 128, 128, 128, 128))
 
     if not (Path(PLAYWRIGHT_DIR) / "node_modules" / "playwright-core").is_dir():
         pytest.fail(f"PLAYWRIGHT_CORE_DIR={PLAYWRIGHT_DIR!r} has no node_modules/playwright-core; "
@@ -58,6 +61,9 @@ def server(tmp_path_factory):
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
     write_tiny_models(base / "models")
+    # A wider DC-AE: a 1024 px run then takes seconds on the CPU (about 3 s of decode instead of 0.4),
+    # so the typing of step 2b reaches the server while the stale run is still executing.
+    write_tiny_dcae(base / "models" / "vae" / COMFY_VAE_NAME, config=SLOW_DCAE)
     srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log")
     try:
         srv.wait_ready("SanaSprintLivePreview")
