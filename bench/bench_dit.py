@@ -1,8 +1,11 @@
 """DiT forward, ours vs diffusers, at the real Sprint 1.6B width with reduced depth (issue 2).
 
     .venv/bin/python bench/bench_dit.py --layers 2 --repeats 5
+    .venv/bin/python bench/bench_dit.py --layers 2 --repeats 5 --compile default   # + ours under torch.compile
 
 Both models hold identical random weights; runs alternate in one process; fp32 on CPU by default.
+`--compile MODE` adds a third side: a second copy of ours on the same tensors with every block compiled
+(acceleration.compile_dit, inductor); its first call (the compile) is timed separately.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--compile", default=None, metavar="MODE", help="also time ours compiled (e.g. default)")
     ap.add_argument("--memory-of", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -68,7 +72,10 @@ def main():
             print(peak_rss_delta_mib(fn))
             return
         diff = (run_ours().float() - run_ref().float()).abs().max().item()
-        times = alternate({"ours": run_ours, "diffusers": run_ref}, repeats=args.repeats)
+        sides = {"ours": run_ours, "diffusers": run_ref}
+        if args.compile:
+            sides["ours compiled"] = compiled_side(ref, cfg, dtype, args.compile, run_ours, (x, tau, ctx, mask, g))
+        times = alternate(sides, repeats=args.repeats)
     child = [__file__, "--preset", args.preset, "--layers", str(args.layers), "--size", str(args.size),
              "--tokens", str(args.tokens), "--dtype", args.dtype, "--memory-of"]
     mem = {side: peak_in_subprocess(child + [side]) for side in ("ours", "diffusers")}
@@ -81,6 +88,28 @@ def main():
     print(f"| ours | {t_o:.3f} | {mem['ours']:.0f} |")
     print(f"| diffusers | {t_d:.3f} | {mem['diffusers']:.0f} |")
     print(f"| ratio ours/diffusers | {t_o / t_d:.3f} | {mem['ours'] / max(mem['diffusers'], 1e-9):.3f} |")
+    if args.compile:
+        t_c = median(times["ours compiled"])
+        print(f"ours compiled ({args.compile}): median {t_c:.3f} s, {t_c / t_o:.3f} of ours eager, "
+              f"{t_c / t_d:.3f} of diffusers")
+
+
+def compiled_side(ref, cfg, dtype, mode: str, run_ours, inputs):
+    """A forward of a second copy of ours (diffusers' tensors, blocks compiled); prints compile time and
+    the difference to eager."""
+    import time
+
+    from sana_sprint_core.acceleration import compile_dit
+
+    dit = SanaSprintDiT(cfg, dtype=dtype, device="meta")
+    dit.load_state_dict(ref.state_dict(), strict=True, assign=True)
+    compile_dit(dit.eval(), mode=None if mode == "default" else mode)
+    run = lambda: dit(*inputs)
+    t0 = time.perf_counter()
+    out = run()
+    print(f"compile ({mode}) + first forward: {time.perf_counter() - t0:.1f} s; "
+          f"max |compiled - eager| = {(out.float() - run_ours().float()).abs().max().item():.2e}")
+    return run
 
 
 if __name__ == "__main__":
