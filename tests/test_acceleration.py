@@ -78,22 +78,14 @@ def test_every_block_sees_a_contiguous_residual_stream_and_output_matches_diffus
 
 
 def test_caption_padding_is_dropped_and_latents_still_match_diffusers():
-    import diffusers
+    from tests.test_sampler import sampler_pair
 
-    ref = diffusers_model(TINY, seed=3)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.mul_(0.5)
-    ours = SanaSprintDiT(TINY)
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    pipe = diffusers.SanaSprintPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=ref,
-                                        scheduler=diffusers.SCMScheduler())
-    pipe.set_progress_bar_config(disable=True)
+    ours, pipe = sampler_pair()
     embeds = torch.randn(2, 7, TINY.caption_channels, generator=torch.Generator().manual_seed(5))
     mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]])
     seen = []
     ours.register_forward_pre_hook(lambda m, args: seen.append(args[2].shape[1]))
-    got = sample(ours.eval(), embeds, mask, width=192, height=128, steps=2, seed=42)
+    got = sample(ours, embeds, mask, width=192, height=128, steps=2, seed=42)
     want = pipe(prompt_embeds=embeds, prompt_attention_mask=mask, height=128, width=192, guidance_scale=4.5,
                 num_inference_steps=2, generator=torch.Generator().manual_seed(42), output_type="latent",
                 use_resolution_binning=False, return_dict=False)[0]

@@ -15,6 +15,11 @@ diffusers = pytest.importorskip("diffusers")
 
 @pytest.fixture(scope="module")
 def models():
+    return sampler_pair()
+
+
+def sampler_pair():
+    """(our tiny DiT, diffusers' SanaSprintPipeline around the same weights), both in eval mode."""
     ref = diffusers_model(TINY, seed=3)
     with torch.no_grad():  # keep activations moderate so multi-step sampling stays well conditioned
         for p in ref.parameters():
