@@ -3,13 +3,14 @@
 // Adds a "Live" switch to every SanaSprintLivePreview node. While one is on, every change of the
 // graph part that the live previews depend on re-queues that part (partial execution of the live
 // nodes only, so other outputs such as SaveImage are not re-run): typing and drawing are debounced,
-// a stale run is interrupted when a newer change arrives, and at most one further run waits
-// (web/lib/live_queue.js). The sampler's per-step previews are shown in the live preview node too.
+// a stale run is interrupted (or, still waiting in the queue, deleted) when a newer change arrives, and
+// at most one further run waits (web/lib/live_queue.js, web/lib/stop_run.js). The sampler's per-step previews are shown in the live preview node too.
 //
 // Frontend APIs used: app.registerExtension (nodeCreated, loadedGraphNode, setup), node.addDOMWidget,
 // app.graphToPrompt, api.queuePrompt(number, {output, workflow}, {partialExecutionTargets}),
-// api.interrupt(promptId), api events (graphChanged, execution_success / _error / _interrupted,
-// status, executed, b_preview_with_metadata) and app.nodePreviewImages (what a node shows as preview).
+// api.interrupt(promptId), api.getQueue(), api.deleteItem("queue", promptId), api events (graphChanged,
+// execution_success / _error / _interrupted, status, executed, b_preview_with_metadata) and
+// app.nodePreviewImages (what a node shows as preview).
 
 import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
@@ -17,6 +18,7 @@ import { bus } from "./lib/bus.js";
 import { DEBOUNCE_MS, IDLE_GRACE_MS, LATENCY_KEY, LIVE_NODE, LIVE_PROPERTY, MAX_WAIT_MS } from "./lib/constants.js";
 import { LiveQueue } from "./lib/live_queue.js";
 import { downstreamNodes, promptKey, upstreamPrompt } from "./lib/prompt_graph.js";
+import { stopRun } from "./lib/stop_run.js";
 
 const controls = new Map(); // live node -> {checkbox, status, latency, roundTrip}
 const submittedAt = new Map(); // prompt id -> performance.now() when it was queued
@@ -72,7 +74,7 @@ async function submit({ prompt, targets }) {
 const queue = new LiveQueue({
   snapshot,
   submit,
-  interrupt: (promptId) => api.interrupt(promptId),
+  interrupt: (promptId) => stopRun(api, promptId),
   debounceMs: DEBOUNCE_MS,
   maxWaitMs: MAX_WAIT_MS,
   idleGraceMs: IDLE_GRACE_MS,

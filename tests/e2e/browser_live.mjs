@@ -1,12 +1,16 @@
 // Browser end to end of live mode, driven by tests/e2e/test_browser_live.py (which starts ComfyUI).
 //
 //   node tests/e2e/browser_live.mjs --url http://127.0.0.1:PORT --workflow workflows/x.json \
-//        --playwright /path/with/node_modules --chromium /usr/bin/chromium --screenshot out.png
+//        --playwright /path/with/node_modules --chromium /usr/bin/chromium --screenshot out.png \
+//        [--busy-prompt busy.json]
 //
 // Opens ComfyUI in headless Chromium (playwright-core), loads the live workflow, switches "Live"
 // on, types into the prompt and draws on a scribble pad, and checks that a new image appears in
-// the live preview nodes each time without the Queue button being used. Prints one JSON line with
-// what it saw; exits non-zero on a failed check.
+// the live preview nodes each time without the Queue button being used. With --busy-prompt (an API
+// prompt that keeps the server busy for seconds), it then queues that prompt and types twice: the
+// live run waiting behind it goes stale and must be deleted from the server's queue, and the newest
+// text runs once the busy prompt is done. Prints one JSON line with what it saw; exits non-zero on a
+// failed check.
 
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -88,6 +92,43 @@ async function runs(page) {
   return page.evaluate(() => ({ ...window.SanaSprintLive.queue.stats }));
 }
 
+/** Step 4: a stale live run still waiting behind someone else's prompt is deleted from the queue. */
+async function busyServer(page, ids, busyPrompt, result) {
+  await page.waitForFunction(() => window.SanaSprintLive.queue.inFlight === null, null, { timeout: RUN_TIMEOUT_MS });
+  const before = await runs(page);
+  const shown = await shownImage(page, ids.live);
+  const queueNow = () => page.evaluate(async () => (await fetch("/queue")).json());
+  result.busyId = await page.evaluate(async (prompt) => {
+    const res = await fetch("/prompt", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ prompt, client_id: "busy-test" }) });
+    return (await res.json()).prompt_id;
+  }, busyPrompt);
+  const prompt = page.locator(".dom-widget textarea").first();
+  await prompt.click();
+  await prompt.press("End");
+  await page.keyboard.type(" at night", { delay: 40 });
+  await page.waitForFunction(() => window.SanaSprintLive.queue.inFlight !== null, null,
+    { timeout: RUN_TIMEOUT_MS, polling: 20 });
+  result.staleId = await page.evaluate(() => window.SanaSprintLive.queue.inFlight.id);
+  const waiting = await queueNow();
+  check(waiting.queue_pending.some((item) => item[1] === result.staleId),
+    "the live run waits behind the busy prompt");
+  await page.keyboard.type(" with fog", { delay: 40 });
+  await page.waitForFunction((stale) => {
+    const f = window.SanaSprintLive.queue.inFlight;
+    return f !== null && f.id !== stale;
+  }, result.staleId, { timeout: RUN_TIMEOUT_MS, polling: 20 });
+  const replaced = await queueNow();
+  const held = [...replaced.queue_running, ...replaced.queue_pending].map((item) => item[1]);
+  check(held.includes(result.busyId), "the stale run was replaced while the busy prompt was still on the server");
+  check(!held.includes(result.staleId), "the stale run left the server's queue");
+  result.afterBusy = await waitForNewImage(page, ids.live, shown, "typing while the server is busy");
+  const after = await runs(page);
+  result.busyRuns = { submitted: after.submitted - before.submitted, interrupted: after.interrupted - before.interrupted };
+  result.finalText = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).widgets
+    .find((w) => w.name === "text").value, ids.encode);
+}
+
 async function main() {
   const opt = args();
   const require = createRequire(join(resolve(opt.playwright), "noop.js"));
@@ -166,6 +207,7 @@ async function main() {
       .getNodeById(id).widgets.find((w) => w.name === name).value).join("x"), branch.pad);
     check(new RegExp(`^sana_sprint/scribble_${side}_[0-9a-f]{16}\\.png$`).test(result.scribble),
       `scribble value ${result.scribble} (pad ${side})`);
+    if (opt["busy-prompt"]) await busyServer(page, ids, JSON.parse(readFileSync(opt["busy-prompt"], "utf8")), result);
     result.stats = await runs(page);
     result.stepPreviews = await page.evaluate(() => ({ ...window.SanaSprintLive.stepPreviews }));
     result.liveNodes = [ids.live, branch.live];

@@ -84,11 +84,23 @@ def _history_images(server, node_id: str) -> set[str]:
     return names
 
 
-def _drive(server, workflow: Path, screenshot: Path) -> dict:
-    """Run browser_live.mjs on `workflow`; returns what it saw."""
+def _busy_prompt(path: Path) -> Path:
+    """An API prompt that keeps the server busy for seconds (4 steps on a 4096 px batch of 16, latents
+    saved), written to `path`."""
+    base = json.loads((REPO / "workflows" / "api" / "sana_sprint_4step_text_to_image.json").read_text())
+    prompt = {k: base[k] for k in ("1", "2", "4", "5", "6")}
+    prompt["5"]["inputs"].update(width=4096, height=4096, batch_size=16, aspect_ratio="custom")
+    prompt["9"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "latents/busy"}}
+    path.write_text(json.dumps(prompt))
+    return path
+
+
+def _drive(server, workflow: Path, screenshot: Path, busy: Path | None = None) -> dict:
+    """Run browser_live.mjs on `workflow` (with the busy-server step when `busy` is given); returns what it saw."""
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     cmd = [NODE, str(REPO / "tests" / "e2e" / "browser_live.mjs"), "--url", server.url, "--workflow", str(workflow),
            "--playwright", PLAYWRIGHT_DIR, "--chromium", CHROMIUM, "--screenshot", str(screenshot)]
+    cmd += ["--busy-prompt", str(busy)] if busy else []
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{server.log_tail(40)}"
     seen = json.loads(done.stdout.strip().splitlines()[-1])
@@ -96,8 +108,8 @@ def _drive(server, workflow: Path, screenshot: Path) -> dict:
     return seen
 
 
-def test_live_preview_updates_on_typing_and_drawing_without_queue(server):
-    seen = _drive(server, WORKFLOW, SCREENSHOT)
+def test_live_preview_updates_on_typing_and_drawing_without_queue(server, tmp_path):
+    seen = _drive(server, WORKFLOW, SCREENSHOT, busy=_busy_prompt(tmp_path / "busy.json"))
 
     # Different images, each produced by a run that live mode queued (and the server ran).
     assert len({seen["first"], seen["typed"], seen["afterStale"], seen["drawn"]}) == 4
@@ -111,10 +123,16 @@ def test_live_preview_updates_on_typing_and_drawing_without_queue(server):
     interrupted = [pid for pid, h in history.items()
                    if any(m[0] == "execution_interrupted" for m in h["status"]["messages"])]
     assert len(interrupted) == 1 and text_live not in {int(k) for k in history[interrupted[0]]["outputs"]}
+    # Busy server: the live run waiting behind another prompt went stale and was deleted from the queue
+    # (it never ran: no history), its replacement ran after that prompt, with the newest text.
+    assert seen["busyRuns"] == {"submitted": 2, "interrupted": 1}
+    assert seen["staleId"] not in history and seen["busyId"] in history
+    assert history[seen["busyId"]]["status"]["status_str"] == "success"
     last = max(history.values(), key=lambda h: h["prompt"][0] if str(text_live) in h["outputs"] else -1)
-    assert last["outputs"][str(text_live)]["images"][0]["filename"] in (seen["afterStale"], seen["drawn"])
+    assert last["prompt"][0] > history[seen["busyId"]]["prompt"][0]
+    assert last["outputs"][str(text_live)]["images"][0]["filename"] == seen["afterBusy"]
     encode = next(n for n in last["prompt"][2].values() if n["class_type"] == "SanaSprintTextEncode")
-    assert encode["inputs"]["text"] == seen["finalText"] and seen["finalText"].endswith(", snow and stars")
+    assert encode["inputs"]["text"] == seen["finalText"] and seen["finalText"].endswith(", snow and stars at night with fog")
     # the sampler's per-step previews were shown in the prompt branch's live node (one per run and
     # step; the workflow samples in 1 step), and none in the scribble branch, which has no sampler
     assert seen["stepPreviews"].get(str(text_live), 0) >= 2 and str(pad_live) not in seen["stepPreviews"]

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { LiveQueue } from "../../web/lib/live_queue.js";
+import { LiveQueue, RUN_REMOVED } from "../../web/lib/live_queue.js";
 import { fakeTimers, settle } from "./fake_timers.mjs";
 
 /** A LiveQueue over a fake graph (its key) and a fake server that records what it is asked. */
@@ -9,6 +9,7 @@ function harness({ debounceMs = 300, maxWaitMs = 0, idleGraceMs = 1000 } = {}) {
   const timers = fakeTimers();
   const h = { timers, key: "g0", submits: [], interrupts: [], errors: [], running: [], nextId: 1 };
   h.submitImpl = async () => `p${h.nextId++}`;
+  h.interruptImpl = async () => undefined;
   h.q = new LiveQueue({
     snapshot: async () => (h.key === null ? null : { key: h.key, payload: h.key }),
     submit: async (payload) => {
@@ -17,7 +18,10 @@ function harness({ debounceMs = 300, maxWaitMs = 0, idleGraceMs = 1000 } = {}) {
       if (id) h.running.push(id);
       return id;
     },
-    interrupt: async (id) => h.interrupts.push(id),
+    interrupt: async (id) => {
+      h.interrupts.push(id);
+      return h.interruptImpl(id);
+    },
     debounceMs, maxWaitMs, idleGraceMs, timers,
     onError: (err) => h.errors.push(err),
   });
@@ -80,6 +84,26 @@ test("a change during a run interrupts it once and sends one run with the newest
   await h.serverFinishes();
   assert.equal(h.q.describe(), "idle");
   assert.deepEqual(h.submits, ["g0", "g3"]);
+});
+
+test("a stale run removed from the server's queue unstarted is replaced at once, without waiting for its end", async () => {
+  const h = harness();
+  h.interruptImpl = async () => RUN_REMOVED;
+  await h.q.setEnabled(true); // p1 queued for g0 (waiting behind another job)
+  await h.edit("g1");
+  assert.deepEqual(h.interrupts, ["p1"]);
+  assert.deepEqual(h.submits, ["g0", "g1"]); // no end of p1 was reported, none will be
+  assert.equal(h.q.inFlight.id, "p2");
+  assert.equal(h.q.describe(), "running");
+  await h.q.finished("p1"); // a late end of the removed run changes nothing
+  assert.equal(h.q.inFlight.id, "p2");
+  h.interruptImpl = async () => undefined; // p2 is executing: a plain interrupt
+  await h.edit("g2"); // interrupted as usual, replaced only when it ends
+  assert.deepEqual(h.interrupts, ["p1", "p2"]);
+  assert.deepEqual(h.submits, ["g0", "g1"]);
+  await h.q.finished("p2");
+  await settle();
+  assert.deepEqual(h.submits, ["g0", "g1", "g2"]);
 });
 
 test("changing back to the running graph within the quiet time neither interrupts nor re-sends", async () => {

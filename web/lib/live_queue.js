@@ -11,8 +11,13 @@
 //   interrupts that (now stale) run once; when it ends, one run with the newest graph is sent
 //   (even if the graph changed back: the interrupted run did not finish it). However many changes
 //   arrive meanwhile, only that one run is pending.
+// - A stale run that never started (it was still waiting in the server's queue and `interrupt`
+//   removed it, answering RUN_REMOVED) reports no end: the newest graph is sent at once.
 
 import { debounce } from "./debounce.js";
+
+/** What `interrupt` answers when the run was taken out of the server's queue before it started. */
+export const RUN_REMOVED = "removed";
 
 const DEFAULT_TIMERS = {
   set: (fn, ms) => setTimeout(fn, ms),
@@ -27,7 +32,8 @@ export class LiveQueue {
    *   comparable key plus what `submit` needs; null when there is nothing to run.
    * @param {(payload: any) => Promise<string | null>} deps.submit queues a run; its prompt id, or
    *   null when the server rejected it.
-   * @param {(promptId: string) => Promise<void>} deps.interrupt cancels the run with this id.
+   * @param {(promptId: string) => Promise<any>} deps.interrupt cancels the run with this id;
+   *   RUN_REMOVED when it had not started and will report no end (else anything).
    * @param {number} deps.debounceMs quiet time that ends a burst of changes.
    * @param {number} [deps.maxWaitMs] longest wait in a burst (0 = none).
    * @param {number} [deps.idleGraceMs] see serverIdle().
@@ -108,11 +114,21 @@ export class LiveQueue {
         this.lastKey = null; // its graph was not finished: whatever the graph is then, run it
         this.stats.interrupted++;
         this.onState(this);
-        await this._call(() => this.interruptRun(this.inFlight.id));
+        const id = this.inFlight.id;
+        const outcome = await this._call(() => this.interruptRun(id));
+        if (outcome === RUN_REMOVED && this.inFlight?.id === id) this._removed();
       }
       return;
     }
     await this._submit(snap);
+  }
+
+  /** The stale run left the server's queue unstarted: no end will come, so the newest graph goes now. */
+  _removed() {
+    this.inFlight = null;
+    this.dirty = false;
+    this._again = true; // the running flush checks once more and submits
+    this.onState(this);
   }
 
   async _submit(snap) {
