@@ -19,6 +19,7 @@ from sana_sprint_core.constants import COMFY_DIT_NAME, COMFY_TEACHER_NAME, COMFY
 from tests.fixtures.comfy_training import write_training_images
 from tests.fixtures.distill import one_thread  # noqa: F401 (fixture)
 from tests.nodes import stubs, stubs_training
+from tests.nodes.prompt_runner import run_prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "sana_sprint_train_lora.json"
@@ -303,22 +304,17 @@ def test_loss_graph_draws_the_loss_map(nodes, trained):
 # The shipped workflow, end to end through the nodes
 
 
-def _execute(prompt: dict, nodes: dict) -> dict:
-    """Runs the API prompt in dependency order; SaveImage is a double that keeps the images."""
-    outputs, saved, pending = {}, {}, dict(prompt)
-    while pending:
-        ready = [k for k, n in pending.items()
-                 if all(not isinstance(v, list) or v[0] in outputs for v in n["inputs"].values())]
-        assert ready, f"cycle or missing node among {sorted(pending)}"
-        for key in ready:
-            node = pending.pop(key)
-            inputs = {k: outputs[v[0]][v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
-            if node["class_type"] == "SaveImage":
-                saved[inputs["filename_prefix"]] = inputs["images"]
-                outputs[key] = ()
-            else:
-                outputs[key] = run(nodes[node["class_type"]], **inputs).args
-    return saved, outputs
+def _execute(prompt: dict, nodes: dict) -> tuple[dict, dict]:
+    """Runs the API prompt in dependency order; SaveImage is a double that keeps the images by prefix."""
+    saved = {}
+
+    def run_node(key, class_type, inputs):
+        if class_type == "SaveImage":
+            saved[inputs["filename_prefix"]] = inputs["images"]
+            return ()
+        return run(nodes[class_type], **inputs).args
+
+    return saved, run_prompt(prompt, run_node)
 
 
 def test_training_workflow_runs_end_to_end(nodes, env):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sana_sprint_core import constants
+from tests.nodes.prompt_runner import run_prompt
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / "workflows"
@@ -124,30 +125,27 @@ def test_api_workflow_fits_the_node_definitions(nodes, name):
 
 
 def _execute(prompt: dict, nodes: dict, input_image: torch.Tensor) -> dict:
-    """A minimal executor: runs nodes once their linked inputs exist; doubles for LoadImage/SaveImage."""
-    outputs, saved, pending = {}, {}, dict(prompt)
-    while pending:
-        ready = [k for k, n in pending.items()
-                 if all(not isinstance(v, list) or v[0] in outputs for v in n["inputs"].values())]
-        assert ready, f"cycle or missing node among {sorted(pending)}"
-        for key in ready:
-            node = pending.pop(key)
-            inputs = {k: outputs[v[0]][v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
-            if node["class_type"] == "LoadImage":
-                outputs[key] = (input_image, torch.zeros(input_image.shape[:3]))
-            elif node["class_type"] == "SaveImage":
-                saved[key] = inputs["images"]
-                outputs[key] = ()
-            elif node["class_type"] == "SanaSprintLivePreview":  # an output node: shows instead of saving
-                ui = nodes[node["class_type"]].execute(**inputs).ui
-                assert ui["images"] and ui["images"][0]["type"] == "temp"
-                saved[key] = inputs["images"]
-                outputs[key] = ()
-            else:
-                if node["class_type"] == "SanaSprintHEDPreprocessor" and inputs["mode"] == "hed":
-                    inputs["detect_resolution"] = CI_DETECT_RESOLUTION
-                with torch.inference_mode():  # as ComfyUI's executor runs every node
-                    outputs[key] = nodes[node["class_type"]].execute(**inputs).args
+    """Runs the prompt through the nodes (tests/nodes/prompt_runner.py); doubles for LoadImage/SaveImage.
+    Returns {node key: images} of the image outputs."""
+    saved = {}
+
+    def run_node(key, class_type, inputs):
+        if class_type == "LoadImage":
+            return (input_image, torch.zeros(input_image.shape[:3]))
+        if class_type == "SaveImage":
+            saved[key] = inputs["images"]
+            return ()
+        if class_type == "SanaSprintLivePreview":  # an output node: shows instead of saving
+            ui = nodes[class_type].execute(**inputs).ui
+            assert ui["images"] and ui["images"][0]["type"] == "temp"
+            saved[key] = inputs["images"]
+            return ()
+        if class_type == "SanaSprintHEDPreprocessor" and inputs["mode"] == "hed":
+            inputs["detect_resolution"] = CI_DETECT_RESOLUTION
+        with torch.inference_mode():  # as ComfyUI's executor runs every node
+            return nodes[class_type].execute(**inputs).args
+
+    run_prompt(prompt, run_node)
     return saved
 
 
