@@ -19,8 +19,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Binary websocket frame types (protocol.BinaryEventTypes): 1 = PREVIEW_IMAGE, 4 = with metadata.
+# Binary websocket frame types (protocol.BinaryEventTypes): 1 = PREVIEW_IMAGE, 4 = with metadata;
+# 3 = TEXT (u32 length of the node id, the node id, utf-8 text: a node's progress text).
 PREVIEW_FRAMES = (1, 4)
+TEXT_FRAME = 3
 
 
 def free_port() -> int:
@@ -101,6 +103,7 @@ class Run:
     prompt_id: str
     events: list[dict] = field(default_factory=list)  # JSON messages of this prompt
     previews: list[tuple[int, bytes]] = field(default_factory=list)  # (frame type, image bytes)
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (node id, progress text)
 
     def of_type(self, kind: str) -> list[dict]:
         return [e["data"] for e in self.events if e["type"] == kind]
@@ -133,6 +136,9 @@ class Client:
                 kind = struct.unpack(">I", msg[:4])[0]
                 if kind in PREVIEW_FRAMES:
                     run.previews.append((kind, msg[8:] if kind == 1 else msg))
+                elif kind == TEXT_FRAME:
+                    n = struct.unpack(">I", msg[4:8])[0]
+                    run.texts.append((msg[8:8 + n].decode(), msg[8 + n:].decode()))
                 continue
             event = json.loads(msg)
             if event.get("data", {}).get("prompt_id") != prompt_id:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load as load_safetensors
 
-from tests.e2e.comfy_server import PREVIEW_FRAMES, Client, ComfyServer, Run
+from tests.e2e.comfy_server import Client, ComfyServer, Run
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
@@ -38,7 +36,6 @@ CN_WORKFLOW = REPO / "workflows" / "api" / "sana_sprint_train_controlnet.json"
 TRAINING_NODES = ("SanaSprintDataset", "SanaSprintPrecompute", "SanaSprintDistill", "SanaSprintLossGraph",
                   "SanaSprintSaveLoRA", "SanaSprintSaveStudent", "SanaSprintLoraLoader",
                   "SanaSprintDistillControlNet", "SanaSprintSaveControlNet")
-TEXT_FRAME = 3  # protocol.BinaryEventTypes.TEXT: u32 length of the node id, the node id, utf-8 text
 DISTILL, SAVE_LORA, LOSS_GRAPH = "12", "13", "14"
 SAVE_CONTROLNET = "13"  # in the ControlNet workflow (Distill and Loss Graph have the ids above)
 
@@ -73,33 +70,6 @@ def client(server):
     c.close()
 
 
-def follow(client: Client, prompt_id: str, on_event=None, timeout: float = 600.0) -> tuple[Run, list]:
-    """Client.follow that also keeps the progress-text frames: (run, [(node id, text)])."""
-    run, texts = Run(prompt_id), []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = client.ws.recv()
-        if isinstance(msg, bytes):
-            kind = struct.unpack(">I", msg[:4])[0]
-            if kind in PREVIEW_FRAMES:
-                run.previews.append((kind, msg[8:] if kind == 1 else msg))
-            elif kind == TEXT_FRAME:
-                n = struct.unpack(">I", msg[4:8])[0]
-                texts.append((msg[8:8 + n].decode(), msg[8 + n:].decode()))
-            continue
-        event = json.loads(msg)
-        if event.get("data", {}).get("prompt_id") != prompt_id:
-            continue
-        run.events.append(event)
-        if on_event is not None:
-            on_event(run, event)
-        if event["type"] in ("execution_error", "execution_interrupted"):
-            return run, texts
-        if event["type"] == "executing" and event["data"]["node"] is None:
-            return run, texts
-    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
-
-
 def training_prompt(output_name: str, steps: int, **distill) -> dict:
     """The shipped workflow with CI-sized values: 64 px images, a rank-4 LoRA, previews every iteration."""
     prompt = json.loads(WORKFLOW.read_text())
@@ -113,11 +83,11 @@ def training_prompt(output_name: str, steps: int, **distill) -> dict:
 def submit(client: Client, prompt: dict, on_event=None):
     status, answer = client.submit(prompt)
     assert status == 200, answer
-    run, texts = follow(client, answer["prompt_id"], on_event)
+    run = client.follow(answer["prompt_id"], on_event, timeout=600.0)
     if run.of_type("execution_interrupted"):
-        return run, texts, None
+        return run, run.texts, None
     history = client.server.get(f"/history/{answer['prompt_id']}")[answer["prompt_id"]]
-    return run, texts, history
+    return run, run.texts, history
 
 
 def progress_of(run: Run, node: str) -> list[tuple[int, int]]:
