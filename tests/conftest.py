@@ -4,3 +4,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+# torch caps its intra-op threads at the number of cores when it reads OMP_NUM_THREADS, so on a
+# 2-core machine OMP_NUM_THREADS=4 would silently run with 2. Apply it explicitly, so that the suite
+# can be run at 1, 2 and 4 threads anywhere (docs/testing.md, "Tolerances").
+if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

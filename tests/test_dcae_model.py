@@ -1,5 +1,6 @@
 """Our DC-AE against diffusers' AutoencoderDC with identical random weights, loaded from files in
-both the diffusers and the original efficientvit layout (max abs difference <= 1e-5, fp32)."""
+both the diffusers and the original efficientvit layout (fp32, within tests/tolerance.py's bound:
+1e-5 of the reference's largest value)."""
 
 from types import SimpleNamespace
 
@@ -12,10 +13,10 @@ from sana_sprint_core.dcae.layers import relu_linear_attention, relu_quadratic_a
 from tests.fixtures.dcae import (
     SCALE, TINY, WIDE, diffusers_dcae, write_diffusers_folder, write_original_pth, write_original_safetensors,
 )
+from tests.tolerance import assert_fp32_close
 
 pytest.importorskip("diffusers")
 
-TOL = 1e-5
 
 WRITERS = {
     "diffusers_folder": lambda m, d: write_diffusers_folder(m, d / "vae"),
@@ -47,11 +48,11 @@ def _assert_parity(ours: DCAE, ref, image_hw: tuple[int, int], seed: int = 0, ba
         if api:
             lat, img = encode(ours, images), decode(ours, z)
     assert ref_img.abs().max() > 0.1 and ref_lat.abs().max() > 0.1  # not a vacuous comparison
-    assert (raw_lat - ref_lat).abs().max() <= TOL
-    assert (raw_img - ref_img).abs().max() <= TOL
+    assert_fp32_close(raw_lat, ref_lat, "encoder")
+    assert_fp32_close(raw_img, ref_img, "decoder")
     if api:  # diffusion latents = enc(2x - 1) * scale; images = (dec(z / scale) + 1) / 2 clamped
-        assert (lat - ref_lat * SCALE).abs().max() <= TOL
-        assert (img - ((ref_img + 1) / 2).clamp(0, 1)).abs().max() <= TOL
+        assert_fp32_close(lat, ref_lat * SCALE, "encode()")
+        assert_fp32_close(img, ((ref_img + 1) / 2).clamp(0, 1), "decode()")
 
 
 @pytest.mark.parametrize("layout", list(WRITERS))
