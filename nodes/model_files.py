@@ -40,12 +40,16 @@ class ModelKind:
     example: str
     what: str
     known: tuple  # core model_files.ModelFile entries: public names and where to download them
+    # Further entries of the same folder, hinted only when asked for by name (the DiT loader also
+    # loads the distillation teacher: a missing teacher is answered with the teacher's repositories).
+    named: tuple = ()
     # True when the core loader needs the component subfolder of a pipeline folder (DC-AE); the DiT
     # and Gemma loaders read pipeline folders themselves (Gemma also needs tokenizer/ beside it).
     pipeline_subfolder: bool = False
 
 
-DIT = ModelKind("diffusion_models", "transformer", COMFY_DIT_NAME, "SANA-Sprint DiT", core_files.DIT_FILES)
+DIT = ModelKind("diffusion_models", "transformer", COMFY_DIT_NAME, "SANA-Sprint DiT", core_files.DIT_FILES,
+                named=core_files.TEACHER_FILES)
 TEXT_ENCODER = ModelKind("text_encoders", "text_encoder", COMFY_TEXT_ENCODER_NAME, "Gemma-2 text encoder",
                          core_files.TEXT_ENCODER_FILES)
 VAE = ModelKind("vae", "vae", COMFY_VAE_NAME, "DC-AE autoencoder", core_files.VAE_FILES, pipeline_subfolder=True)
@@ -94,14 +98,31 @@ def list_models(kind: ModelKind) -> list[str]:
     return sorted(set(files) | set(folders))
 
 
-def missing_message(kind: ModelKind, name: str) -> str:
-    """What is missing, where ComfyUI looked, and what to download from which public repository."""
+def download_folder(kind: ModelKind) -> str:
+    """The folder a download should go to: ComfyUI's own `models/<kind.folder>` among the folders it
+    searches (diffusion_models also searches the legacy models/unet, listed first), else the first."""
     roots = folder_paths.get_folder_paths(kind.folder)
-    where = roots[0] if roots else f"models/{kind.folder}"
-    known = "; ".join(entry.hint(where) for entry in kind.known)
+    named = [r for r in roots if os.path.basename(os.path.normpath(r)) == kind.folder]
+    return (named or roots or [os.path.join(folder_paths.models_dir, kind.folder)])[0]
+
+
+def missing_message(kind: ModelKind, name: str) -> str:
+    """What is missing, where ComfyUI looked, and what to download from which public repository.
+
+    A known public name gets its own download hint; a teacher's name gets the teachers' repositories;
+    any other name gets the hints of the kind's usual files."""
+    roots = folder_paths.get_folder_paths(kind.folder)
+    where = download_folder(kind)
+    wanted = os.path.normpath(name).replace(os.sep, "/")
+    if any(e.name == wanted for e in kind.named):
+        entries = list(kind.named)
+    else:
+        entries = [e for e in kind.known if e.name == wanted] or list(kind.known)
+    hints = "; ".join(entry.hint_in(where) for entry in entries)
+    example = entries[0].name if entries[0] in kind.named else kind.example
     return (f"{kind.what} {name!r} not found in ComfyUI's '{kind.folder}' folder ({', '.join(roots)}). Expected "
-            f"the file or folder '{name}' there; the workflows use '{kind.example}'. Download one of: {known}. "
-            f"Nothing is downloaded automatically.")
+            f"the file or folder '{name}' there; the workflows use '{example}'. Download "
+            f"{'it' if len(entries) == 1 else 'one of'}: {hints}. Nothing is downloaded automatically.")
 
 
 def resolve(kind: ModelKind, name: str) -> Path:

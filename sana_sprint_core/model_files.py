@@ -2,8 +2,9 @@
 
 The folder names follow ComfyUI's `models/` layout, so one download serves both. Each kind lists the
 names we look for, in order; a name may be a single file or a folder (a diffusers/HF snapshot).
-Kinds: the three generation models (dit, text_encoder, vae) and, for ControlNet, the Sana HED
-ControlNet (controlnet) and the HED annotator weights (hed).
+Kinds: the three generation models (dit, text_encoder, vae), the distillation teacher (teacher, in
+the DiT's folder), and, for ControlNet, the Sana HED ControlNet (controlnet) and the HED annotator
+weights (hed).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .constants import (
-    COMFY_CONTROLNET_NAME, HED_FILE_NAME, HED_MODEL_FOLDER, HF_ANNOTATORS, HF_DCAE, HF_GEMMA,
+    COMFY_CONTROLNET_NAME, COMFY_TEACHER_NAME, HED_FILE_NAME, HED_MODEL_FOLDER, HF_ANNOTATORS, HF_DCAE, HF_GEMMA,
     HF_SANA_CONTROLNET_HED_1600M, HF_SPRINT_600M, HF_SPRINT_1600M,
 )
 
 HF_SPRINT_1600M_NVLABS = "Efficient-Large-Model/Sana_Sprint_1.6B_1024px"
 HF_SPRINT_600M_NVLABS = "Efficient-Large-Model/Sana_Sprint_0.6B_1024px"
+HF_SPRINT_TEACHER_1600M = "Efficient-Large-Model/SANA_Sprint_1.6B_1024px_teacher_diffusers"
+HF_SPRINT_TEACHER_1600M_NVLABS = "Efficient-Large-Model/SANA_Sprint_1.6B_1024px_teacher"
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,12 @@ class ModelFile:
     what: str  # what to download from the repository
 
     def hint(self, models_dir: Path | str) -> str:
-        where = Path(models_dir) / self.folder / self.name
-        return f"{self.name}: download {self.what} from https://huggingface.co/{self.repo} to {where}"
+        """Where to download it, for a models/ folder that holds `self.folder`."""
+        return self.hint_in(Path(models_dir) / self.folder)
+
+    def hint_in(self, folder: Path | str) -> str:
+        """Where to download it, for the model folder itself (e.g. ComfyUI's models/vae)."""
+        return f"{self.name}: download {self.what} from https://huggingface.co/{self.repo} to {Path(folder) / self.name}"
 
 
 # Default first: the workflows and the CLI use these names.
@@ -44,6 +51,14 @@ DIT_FILES = (
               "the transformer/ folder (config.json + diffusion_pytorch_model*.safetensors)"),
     ModelFile("Sana_Sprint_0.6B_1024px.pth", "diffusion_models", HF_SPRINT_600M_NVLABS,
               "checkpoints/Sana_Sprint_0.6B_1024px.pth"),
+)
+# Flow-matching teachers of the distillation (reference section 6: QK-norm, dense time), also in
+# diffusion_models/; the training workflow names the diffusers one (COMFY_TEACHER_NAME).
+TEACHER_FILES = (
+    ModelFile(COMFY_TEACHER_NAME, "diffusion_models", HF_SPRINT_TEACHER_1600M,
+              "the transformer/ folder (config.json + diffusion_pytorch_model*.safetensors)"),
+    ModelFile("SANA_Sprint_1.6B_1024px_teacher.pth", "diffusion_models", HF_SPRINT_TEACHER_1600M_NVLABS,
+              "checkpoints/SANA_Sprint_1.6B_1024px_teacher.pth"),
 )
 TEXT_ENCODER_FILES = (
     ModelFile("gemma-2-2b-it", "text_encoders", HF_GEMMA, "the whole repository (config, tokenizer, safetensors)"),
@@ -60,7 +75,7 @@ CONTROLNET_FILES = (
 )
 # lllyasviel's ControlNetHED_Apache2 weights (reference 5.3), in models/annotators/.
 HED_FILES = (ModelFile(HED_FILE_NAME, HED_MODEL_FOLDER, HF_ANNOTATORS, HED_FILE_NAME),)
-KINDS = {"dit": DIT_FILES, "text_encoder": TEXT_ENCODER_FILES, "vae": VAE_FILES, "controlnet": CONTROLNET_FILES,
+KINDS = {"dit": DIT_FILES, "teacher": TEACHER_FILES, "text_encoder": TEXT_ENCODER_FILES, "vae": VAE_FILES, "controlnet": CONTROLNET_FILES,
          "hed": HED_FILES}
 
 

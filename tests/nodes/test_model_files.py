@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 
@@ -59,3 +62,38 @@ def test_workflow_names_are_known_downloads(pack):
     module = pack.nodes.model_files
     for kind in (module.DIT, module.TEXT_ENCODER, module.VAE):
         assert kind.example in [entry.name for entry in kind.known], kind.folder
+
+
+def _download_targets(message: str) -> list[str]:
+    return re.findall(r" to (\S+?)(?:;|\. Nothing)", message)
+
+
+def test_missing_message_names_each_folder_once_where_the_loader_looks(files, monkeypatch):
+    """ComfyUI searches models/unet before models/diffusion_models: the hint names the latter, once."""
+    module, root = files
+    fp = module.folder_paths
+    unet = root / "unet"
+    unet.mkdir()
+    monkeypatch.setitem(fp.folder_names_and_paths, "diffusion_models",
+                        ([str(unet), str(root / "diffusion_models")], fp.supported_pt_extensions))
+    for kind, name in ((module.DIT, "Sana_Sprint_1.6B_1024px_diffusers"), (module.VAE, "dc-ae-f32c32-sana-1.1-diffusers")):
+        message = module.missing_message(kind, name)
+        (target,) = _download_targets(message)
+        assert Path(target) == root / kind.folder / name, message
+        assert f"{kind.folder}/{kind.folder}" not in message.replace("\\", "/")
+        Path(target).mkdir(parents=True)  # put the model where the message says: the loader finds it
+        (Path(target) / "config.json").write_text("{}")
+        (Path(target) / "diffusion_pytorch_model.safetensors").write_text("x")
+        assert module.resolve(kind, name) == Path(target)
+
+
+def test_a_missing_teacher_is_answered_with_the_teachers_repositories(files):
+    module, root = files
+    message = module.missing_message(module.DIT, "SANA_Sprint_1.6B_1024px_teacher_diffusers")
+    assert "https://huggingface.co/Efficient-Large-Model/SANA_Sprint_1.6B_1024px_teacher_diffusers" in message
+    assert "https://huggingface.co/Efficient-Large-Model/SANA_Sprint_1.6B_1024px_teacher " in message
+    assert "Sana_Sprint_1.6B_1024px_diffusers" not in message  # not the student's repositories
+    assert _download_targets(message)[0] == str(root / "diffusion_models" / "SANA_Sprint_1.6B_1024px_teacher_diffusers")
+    # a known student file gets its own hint only; an unknown name gets the usual files
+    assert len(_download_targets(module.missing_message(module.DIT, "Sana_Sprint_1.6B_1024px.pth"))) == 1
+    assert len(_download_targets(module.missing_message(module.DIT, "mine.safetensors"))) == 4
