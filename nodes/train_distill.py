@@ -69,8 +69,9 @@ def run_inputs(learning_rate: float, lr_hint: str, output_name: str) -> list:
         io.Float.Input("max_time_probability", default=LARGEST_TIMESTEP_PROB, min=0.0, max=1.0, step=0.05,
                        tooltip="Probability that LADD trains at the pure-noise time (the 1-step case), as in the "
                                "paper (0.5)."),
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
-                     tooltip="Seed of the adapter/head initialisation, data order and noise; a run is reproducible."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
+                     tooltip="Seed of the adapter/head initialisation, data order and noise; a run is reproducible. "
+                             "Keep 'control after generate' on fixed to resume a run with the same seed."),
         io.Int.Input("save_every", default=250, min=0, max=10_000_000,
                      tooltip="Write a resumable checkpoint every N iterations (0: only at the end). One is also "
                              "written when the run is interrupted."),

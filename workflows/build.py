@@ -98,18 +98,15 @@ class Node:
     id: int
     type: str
     values: dict  # input name -> widget value, or (source node id, output slot) for a socket
-    pos: tuple[int, int]
     title: str | None = None
     extra: dict = field(default_factory=dict)
-    size: tuple[int, int] = (320, 130)
 
 
 def _loaders() -> list[Node]:
     return [
-        Node(1, "SanaSprintDiTLoader", {"model_name": DIT_NAME, "weight_dtype": "auto"}, (40, 60)),
-        Node(2, "SanaSprintTextEncoderLoader", {"text_encoder_name": TEXT_ENCODER_NAME, "weight_dtype": "auto"},
-             (40, 220)),
-        Node(3, "SanaSprintVAELoader", {"vae_name": VAE_NAME, "weight_dtype": "auto"}, (40, 380)),
+        Node(1, "SanaSprintDiTLoader", {"model_name": DIT_NAME, "weight_dtype": "auto"}),
+        Node(2, "SanaSprintTextEncoderLoader", {"text_encoder_name": TEXT_ENCODER_NAME, "weight_dtype": "auto"}),
+        Node(3, "SanaSprintVAELoader", {"vae_name": VAE_NAME, "weight_dtype": "auto"}),
     ]
 
 
@@ -117,13 +114,13 @@ def _sampler(steps: int, latent: tuple[int, int], denoise: float, positive: tupl
     values = {"model": (1, 0), "positive": positive, "latent_image": latent, "seed": SEED, "steps": steps,
               "guidance": 4.5, "max_timestep": 1.5708, "intermediate_timestep": 1.3, "denoise": denoise,
               "timesteps": ""}
-    return Node(6, "SanaSprintSampler", values, (820, 60))
+    return Node(6, "SanaSprintSampler", values)
 
 
 def _tail(prefix: str) -> list[Node]:
     return [
-        Node(7, "SanaSprintVAEDecode", {"samples": (6, 0), "vae": (3, 0), "tiled": "auto"}, (1180, 60)),
-        Node(8, "SaveImage", {"images": (7, 0), "filename_prefix": prefix}, (1440, 60)),
+        Node(7, "SanaSprintVAEDecode", {"samples": (6, 0), "vae": (3, 0), "tiled": "auto"}),
+        Node(8, "SaveImage", {"images": (7, 0), "filename_prefix": prefix}),
     ]
 
 
@@ -131,10 +128,9 @@ def text_to_image(steps: int) -> list[Node]:
     """DiT + Gemma + DC-AE loaders, prompt, empty 1024x1024 latent, Sprint sampler, decode, save."""
     return [
         *_loaders(),
-        Node(4, "SanaSprintTextEncode", {"text_encoder": (2, 0), "text": PROMPT, "complex_human_instruction": True},
-             (420, 200)),
+        Node(4, "SanaSprintTextEncode", {"text_encoder": (2, 0), "text": PROMPT, "complex_human_instruction": True}),
         Node(5, "SanaSprintEmptyLatent", {"width": 1024, "height": 1024, "batch_size": 1,
-                                          "aspect_ratio": "1:1 (1024x1024)"}, (420, 460)),
+                                          "aspect_ratio": "1:1 (1024x1024)"}),
         _sampler(steps, (5, 0), 1.0),
         *_tail(f"SanaSprint_{steps}step"),
     ]
@@ -145,9 +141,9 @@ def image_to_image() -> list[Node]:
     return [
         *_loaders(),
         Node(4, "SanaSprintTextEncode", {"text_encoder": (2, 0), "text": IMG2IMG_PROMPT,
-                                         "complex_human_instruction": True}, (420, 200)),
-        Node(9, "LoadImage", {"image": INPUT_IMAGE}, (40, 540)),
-        Node(5, "SanaSprintVAEEncode", {"pixels": (9, 0), "vae": (3, 0), "tiled": "auto"}, (420, 460)),
+                                         "complex_human_instruction": True}),
+        Node(9, "LoadImage", {"image": INPUT_IMAGE}),
+        Node(5, "SanaSprintVAEEncode", {"pixels": (9, 0), "vae": (3, 0), "tiled": "auto"}),
         _sampler(2, (5, 0), 0.6),
         *_tail("SanaSprint_img2img"),
     ]
@@ -162,42 +158,40 @@ def live_text_to_image() -> list[Node]:
     return [
         *_loaders(),
         Node(4, "SanaSprintTextEncode", {"text_encoder": (2, 0), "text": LIVE_PROMPT,
-                                         "complex_human_instruction": True}, (420, 200), size=(380, 200)),
+                                         "complex_human_instruction": True}),
         Node(5, "SanaSprintEmptyLatent", {"width": 1024, "height": 1024, "batch_size": 1,
-                                          "aspect_ratio": "1:1 (1024x1024)"}, (420, 460)),
+                                          "aspect_ratio": "1:1 (1024x1024)"}),
         _sampler(1, (5, 0), 1.0),
-        Node(7, "SanaSprintVAEDecode", {"samples": (6, 0), "vae": (3, 0), "tiled": "auto"}, (1180, 60)),
-        Node(8, "SanaSprintLivePreview", {"images": (7, 0)}, (1180, 220), size=(520, 600)),
+        Node(7, "SanaSprintVAEDecode", {"samples": (6, 0), "vae": (3, 0), "tiled": "auto"}),
+        Node(8, "SanaSprintLivePreview", {"images": (7, 0)}),
     ]
 
 
 def _prompt(text: str) -> Node:
-    return Node(4, "SanaSprintTextEncode", {"text_encoder": (2, 0), "text": text, "complex_human_instruction": True},
-                (420, 200), size=(380, 200))
+    return Node(4, "SanaSprintTextEncode", {"text_encoder": (2, 0), "text": text, "complex_human_instruction": True})
 
 
 def _empty_latent() -> Node:
     return Node(5, "SanaSprintEmptyLatent", {"width": 1024, "height": 1024, "batch_size": 1,
-                                             "aspect_ratio": "1:1 (1024x1024)"}, (420, 460))
+                                             "aspect_ratio": "1:1 (1024x1024)"})
 
 
 def _controlnet(source: tuple[int, int], mode: str) -> list[Node]:
     """ControlNet loader, scribble map of `source` (mode hed / drawing / drawing_inverted), apply to the prompt."""
     return [
         Node(10, "SanaSprintControlNetLoader", {"controlnet_name": CONTROLNET_NAME, "weight_dtype": "auto",
-                                                "wiring": "auto"}, (40, 540)),
+                                                "wiring": "auto"}),
         Node(11, "SanaSprintHEDPreprocessor", {"image": source, "mode": mode, "detect_resolution": 1024,
-                                               "thickness": 2, "hed_model": HED_NAME}, (420, 700), size=(320, 360)),
+                                               "thickness": 2, "hed_model": HED_NAME}),
         Node(12, "SanaSprintControlNetApply", {"positive": (4, 0), "controlnet": (10, 0), "vae": (3, 0),
-                                               "image": (11, 0), "strength": 1.0, "width": 1024, "height": 1024},
-             (820, 460), size=(320, 200)),
+                                               "image": (11, 0), "strength": 1.0, "width": 1024, "height": 1024}),
     ]
 
 
 def controlnet_hed() -> list[Node]:
     """A photo -> HED scribble -> Sana HED ControlNet on the Sprint DiT -> 2-step image, saved."""
     return [
-        *_loaders(), _prompt(HED_PROMPT), Node(9, "LoadImage", {"image": INPUT_IMAGE}, (40, 700)),
+        *_loaders(), _prompt(HED_PROMPT), Node(9, "LoadImage", {"image": INPUT_IMAGE}),
         *_controlnet((9, 0), "hed"), _empty_latent(), _sampler(2, (5, 0), 1.0, positive=(12, 0)),
         *_tail("SanaSprint_controlnet_hed"),
     ]
@@ -206,7 +200,7 @@ def controlnet_hed() -> list[Node]:
 def controlnet_scribble() -> list[Node]:
     """A drawing (dark strokes on light paper, input/scribble.png) -> scribble -> ControlNet -> image, saved."""
     return [
-        *_loaders(), _prompt(SCRIBBLE_PROMPT), Node(9, "LoadImage", {"image": SCRIBBLE_IMAGE}, (40, 700)),
+        *_loaders(), _prompt(SCRIBBLE_PROMPT), Node(9, "LoadImage", {"image": SCRIBBLE_IMAGE}),
         *_controlnet((9, 0), "drawing_inverted"), _empty_latent(), _sampler(2, (5, 0), 1.0, positive=(12, 0)),
         *_tail("SanaSprint_controlnet_scribble"),
     ]
@@ -219,10 +213,10 @@ def live_scribble() -> list[Node]:
     """
     return [
         *_loaders(), _prompt(LIVE_SCRIBBLE_PROMPT),
-        Node(13, "SanaSprintScribblePad", {"scribble": "", "width": 1024, "height": 1024}, (40, 700), size=(420, 520)),
+        Node(13, "SanaSprintScribblePad", {"scribble": "", "width": 1024, "height": 1024}),
         *_controlnet((13, 0), "drawing"), _empty_latent(), _sampler(1, (5, 0), 1.0, positive=(12, 0)),
-        Node(7, "SanaSprintVAEDecode", {"samples": (6, 0), "vae": (3, 0), "tiled": "auto"}, (1180, 60)),
-        Node(8, "SanaSprintLivePreview", {"images": (7, 0)}, (1180, 220), size=(520, 600)),
+        Node(7, "SanaSprintVAEDecode", {"samples": (6, 0), "vae": (3, 0), "tiled": "auto"}),
+        Node(8, "SanaSprintLivePreview", {"images": (7, 0)}),
     ]
 
 
@@ -255,7 +249,8 @@ SPECS.update({
     "SanaSprintDistill": Spec((
         _sock("model", "MODEL"), _sock("cache", "SANA_TRAIN_CACHE"), In("mode", "COMBO"), In("rank", "INT"),
         In("alpha", "FLOAT"), In("steps", "INT"), In("learning_rate", "FLOAT"), In("batch_size", "INT"),
-        In("scm_weight", "FLOAT"), In("ladd_weight", "FLOAT"), In("max_time_probability", "FLOAT"), In("seed", "INT"),
+        In("scm_weight", "FLOAT"), In("ladd_weight", "FLOAT"), In("max_time_probability", "FLOAT"),
+        In("seed", "INT", control=True),
         In("save_every", "INT"), In("preview_every", "INT"), In("output_name", "STRING"), In("resume", "BOOLEAN"),
     ), (("MODEL", "MODEL"), ("SANA_LORA", "SANA_LORA"), ("LOSS_MAP", "LOSS_MAP"))),
     "SanaSprintLossGraph": Spec((_sock("loss", "LOSS_MAP"),), (("IMAGE", "IMAGE"),)),
@@ -269,20 +264,19 @@ def _precompute(prompt: str, control_maps: str) -> Node:
     values = {"dataset": (10, 0), "text_encoder": (2, 0), "vae": (3, 0), "preview_prompt": prompt,
               "complex_human_instruction": True, "control_maps": control_maps, "hed_model": HED_NAME,
               "thickness_min": 0, "thickness_max": 24}
-    return Node(11, "SanaSprintPrecompute", values, (420, 760), size=(380, 280))
+    return Node(11, "SanaSprintPrecompute", values)
 
 
-def _generate(first_id: int, steps: int, y: int) -> list[Node]:
+def _generate(first_id: int, steps: int) -> list[Node]:
     """Sampler on the student MODEL (Distill output 0) at `steps`, decode, save."""
     sampler = _sampler(steps, (5, 0), 1.0)
-    sampler.id, sampler.pos = first_id, (1240, y)
+    sampler.id = first_id
     sampler.values["model"] = (12, 0)
     return [
         sampler,
-        Node(first_id + 1, "SanaSprintVAEDecode", {"samples": (first_id, 0), "vae": (3, 0), "tiled": "auto"},
-             (1600, y)),
-        Node(first_id + 2, "SaveImage", {"images": (first_id + 1, 0), "filename_prefix": f"SanaSprint_trained_{steps}step"},
-             (1860, y), size=(320, 320)),
+        Node(first_id + 1, "SanaSprintVAEDecode", {"samples": (first_id, 0), "vae": (3, 0), "tiled": "auto"}),
+        Node(first_id + 2, "SaveImage", {"images": (first_id + 1, 0),
+                                         "filename_prefix": f"SanaSprint_trained_{steps}step"}),
     ]
 
 
@@ -298,17 +292,16 @@ def train_lora() -> list[Node]:
     return [
         *loaders,
         Node(10, "SanaSprintDataset", {"folder": TRAIN_FOLDER, "resolution": 1024, "buckets": True,
-                                       "skip_bad_files": False, "caption_extension": ".txt"}, (420, 520),
-             size=(340, 200)),
+                                       "skip_bad_files": False, "caption_extension": ".txt"}),
         _precompute(TRAIN_PROMPT, "none"),
-        Node(12, "SanaSprintDistill", distill, (840, 420), size=(340, 480)),
+        Node(12, "SanaSprintDistill", distill),
         Node(13, "SanaSprintSaveLoRA", {"lora": (12, 1), "filename_prefix": "sana_sprint_lora",
-                                        "destination": "loras", "weight_dtype": "bf16"}, (1240, 700)),
-        Node(14, "SanaSprintLossGraph", {"loss": (12, 2)}, (1240, 880), size=(460, 360)),
+                                        "destination": "loras", "weight_dtype": "bf16"}),
+        Node(14, "SanaSprintLossGraph", {"loss": (12, 2)}),
         _prompt(TRAIN_PROMPT),
         _empty_latent(),
-        *_generate(6, 1, 40),
-        *_generate(16, 2, 380),
+        *_generate(6, 1),
+        *_generate(16, 2),
     ]
 
 
@@ -321,7 +314,8 @@ SPECS.update({
         _sock("model", "MODEL"), _sock("cache", "SANA_TRAIN_CACHE"), In("mode", "COMBO"),
         In("teacher_controlnet", "COMBO"), In("init", "COMBO"), In("steps", "INT"), In("learning_rate", "FLOAT"),
         In("batch_size", "INT"), In("scm_weight", "FLOAT"), In("ladd_weight", "FLOAT"),
-        In("max_time_probability", "FLOAT"), In("seed", "INT"), In("save_every", "INT"), In("preview_every", "INT"),
+        In("max_time_probability", "FLOAT"), In("seed", "INT", control=True), In("save_every", "INT"),
+        In("preview_every", "INT"),
         In("output_name", "STRING"), In("resume", "BOOLEAN"), _sock("teacher_model", "MODEL", optional=True),
     ), (("SANA_CONTROLNET", "SANA_CONTROLNET"), ("LOSS_MAP", "LOSS_MAP"))),
     "SanaSprintSaveControlNet": Spec((_sock("controlnet", "SANA_CONTROLNET"), In("filename_prefix", "STRING"),
@@ -341,27 +335,147 @@ def train_controlnet() -> list[Node]:
     return [
         *_loaders(),
         Node(10, "SanaSprintDataset", {"folder": TRAIN_FOLDER, "resolution": 1024, "buckets": True,
-                                       "skip_bad_files": False, "caption_extension": ".txt"}, (420, 520),
-             size=(340, 200)),
+                                       "skip_bad_files": False, "caption_extension": ".txt"}),
         _precompute(HED_PROMPT, "hed"),
-        Node(12, "SanaSprintDistillControlNet", distill, (840, 420), size=(360, 500)),
+        Node(12, "SanaSprintDistillControlNet", distill),
         Node(13, "SanaSprintSaveControlNet", {"controlnet": (12, 0), "filename_prefix": "sana_sprint_controlnet",
-                                              "destination": "controlnet", "weight_dtype": "bf16"}, (1240, 700)),
-        Node(14, "SanaSprintLossGraph", {"loss": (12, 1)}, (1240, 880), size=(460, 360)),
+                                              "destination": "controlnet", "weight_dtype": "bf16"}),
+        Node(14, "SanaSprintLossGraph", {"loss": (12, 1)}),
         _prompt(HED_PROMPT),
         _empty_latent(),
-        Node(9, "LoadImage", {"image": INPUT_IMAGE}, (1240, 40)),
+        Node(9, "LoadImage", {"image": INPUT_IMAGE}),
         Node(15, "SanaSprintHEDPreprocessor", {"image": (9, 0), "mode": "hed", "detect_resolution": 1024,
-                                               "thickness": 2, "hed_model": HED_NAME}, (1600, 40), size=(320, 360)),
+                                               "thickness": 2, "hed_model": HED_NAME}),
         Node(16, "SanaSprintControlNetApply", {"positive": (4, 0), "controlnet": (12, 0), "vae": (3, 0),
-                                               "image": (15, 0), "strength": 1.0, "width": 1024, "height": 1024},
-             (1960, 40), size=(320, 200)),
+                                               "image": (15, 0), "strength": 1.0, "width": 1024, "height": 1024}),
         _sampler(2, (5, 0), 1.0, positive=(16, 0)),
         *_tail("SanaSprint_trained_controlnet"),
     ]
 
 
 WORKFLOWS["sana_sprint_train_controlnet"] = train_controlnet
+
+
+# --- Template browser names ---------------------------------------------------------------------------
+# ComfyUI 0.3.64's template browser (frontend 1.27.10) reads nothing but the file names of a pack's
+# workflows/*.json: the name is a card's title, the same name with "-" and "_" as spaces its
+# description, and a same-name .jpg its thumbnail. So each UI file is named by a human title (no
+# characters that Windows or URLs refuse); the API twin in workflows/api/ keeps the short id.
+TITLES = {
+    "sana_sprint_1step_text_to_image": "SANA-Sprint text to image, 1 step",
+    "sana_sprint_2step_text_to_image": "SANA-Sprint text to image, 2 steps",
+    "sana_sprint_4step_text_to_image": "SANA-Sprint text to image, 4 steps",
+    "sana_sprint_img2img": "SANA-Sprint image to image",
+    "sana_sprint_live_text_to_image": "SANA-Sprint live text to image",
+    "sana_sprint_controlnet_hed": "SANA-Sprint ControlNet from a photo (HED edges)",
+    "sana_sprint_controlnet_scribble": "SANA-Sprint ControlNet from a drawing",
+    "sana_sprint_live_scribble_controlnet": "SANA-Sprint live scribble pad with ControlNet",
+    "sana_sprint_train_lora": "SANA-Sprint train a LoRA on your images",
+    "sana_sprint_train_controlnet": "SANA-Sprint train a ControlNet on your images",
+}
+
+
+def ui_path(name: str) -> Path:
+    """The UI file of workflow `name` (an API twin's stem): its title, in workflows/."""
+    return HERE / f"{TITLES[name]}.json"
+
+
+def thumbnail_path(name: str) -> Path:
+    return HERE / f"{TITLES[name]}.jpg"
+
+
+# --- Layout ---------------------------------------------------------------------------------------------
+# Node boxes (width, height; the title bar of NODE_TITLE_HEIGHT comes on top) as ComfyUI 0.3.64's
+# frontend draws them at the end of a run, images and previews shown (measured in the real page by
+# tests/e2e/test_browser_workflows.py, which fails if a node is drawn larger than this or overlaps).
+SIZES = {
+    "SanaSprintDiTLoader": (320, 82), "SanaSprintTextEncoderLoader": (320, 82), "SanaSprintVAELoader": (320, 82),
+    "SanaSprintTextEncode": (320, 200), "SanaSprintEmptyLatent": (260, 130), "SanaSprintSampler": (280, 520),
+    "SanaSprintVAEDecode": (260, 82), "SanaSprintVAEEncode": (260, 82), "SanaSprintLivePreview": (440, 520),
+    "SanaSprintScribblePad": (420, 520), "SanaSprintControlNetLoader": (280, 106),
+    "SanaSprintHEDPreprocessor": (280, 380), "SanaSprintControlNetApply": (260, 180), "SaveImage": (320, 360),
+    "LoadImage": (280, 350), "SanaSprintDataset": (300, 260), "SanaSprintPrecompute": (320, 270),
+    "SanaSprintDistill": (340, 760), "SanaSprintDistillControlNet": (340, 760), "SanaSprintSaveLoRA": (260, 110),
+    "SanaSprintSaveControlNet": (260, 110), "SanaSprintLossGraph": (320, 300),
+}
+NODE_TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT of the frontend
+GAP_X, GAP_Y, MARGIN = 60, 20, 40
+
+
+def _sources(node: Node) -> list[int]:
+    return [node.values[i.name][0] for i in SPECS[node.type].inputs if not i.widget and i.name in node.values]
+
+
+def _height(node: Node) -> int:
+    return NODE_TITLE_HEIGHT + SIZES[node.type][1] + GAP_Y
+
+
+def _folded(nodes: list[Node]) -> dict[int, int]:
+    """Node id -> the id it is drawn under: an output node whose one input comes from a node that feeds
+    nothing else (VAE Decode -> Save Image) sits below that node, in its column."""
+    users = {n.id: [m.id for m in nodes if n.id in _sources(m)] for n in nodes}
+    return {n.id: _sources(n)[0] for n in nodes
+            if not users[n.id] and len(set(_sources(n))) == 1 and users[_sources(n)[0]] == [n.id]}
+
+
+def columns(nodes: list[Node]) -> dict[int, int]:
+    """Column of each node id, so that every link runs to the right:
+    * a node with inputs: one right of its furthest input (longest path);
+    * a node without inputs (a loader, an image, an empty latent): just left of its first user;
+    * an output node: in its source's column under it if folded, else in the least filled column right
+      of its inputs (one more column at the end if that is emptier)."""
+    by_id = {n.id: n for n in nodes}
+    under = _folded(nodes)
+    users = {n.id: [m.id for m in nodes if n.id in _sources(m)] for n in nodes}
+    column: dict[int, int] = {}
+
+    def depth(node_id: int) -> int:
+        if node_id not in column:
+            column[node_id] = 1 + max((depth(s) for s in _sources(by_id[node_id])), default=-1)
+        return column[node_id]
+
+    for n in nodes:
+        depth(n.id)
+    for n in nodes:
+        if not _sources(n):
+            column[n.id] = max(0, min((column[u] for u in users[n.id]), default=1) - 1)
+    sinks = [n for n in nodes if not users[n.id] and _sources(n) and n.id not in under]
+    fixed = [n for n in nodes if n not in sinks]
+    filled = {}
+    for n in fixed:
+        filled[column[n.id]] = filled.get(column[n.id], 0) + _height(n)
+    last = max(filled) + 1
+    for n in sinks:
+        c = min(range(column[n.id], last + 1), key=lambda k: (filled.get(k, 0), k))
+        column[n.id] = c
+        filled[c] = filled.get(c, 0) + _height(n)
+    for child, parent in under.items():
+        column[child] = column[parent]
+    return column
+
+
+def lay_out(nodes: list[Node]) -> dict[int, tuple[int, int]]:
+    """Positions (of the body's top-left corner, as LiteGraph stores them): columns left to right, each
+    a stack of its nodes, ordered by where their inputs sit so that links run forward and flat; a
+    folded output node directly under its source."""
+    column = columns(nodes)
+    under = _folded(nodes)
+    order = {n.id: i for i, n in enumerate(nodes)}
+    pos: dict[int, tuple[int, int]] = {}
+    x = MARGIN
+    for c in range(max(column.values()) + 1):
+        here = [n for n in nodes if column[n.id] == c and n.id not in under]
+        if not here:
+            continue
+        here.sort(key=lambda n: (min((pos[s][1] for s in _sources(n) if s in pos), default=order[n.id] * 1e-3),
+                                 order[n.id]))
+        stacked = [m for n in here for m in [n, *(k for k in nodes if under.get(k.id) == n.id)]]
+        y = MARGIN
+        for n in stacked:
+            pos[n.id] = (x, y + NODE_TITLE_HEIGHT)
+            y += _height(n)
+        x += max(SIZES[n.type][0] for n in stacked) + GAP_X
+    return pos
 
 
 def widget_values(node: Node) -> list:
@@ -401,6 +515,7 @@ def _link_to(links: list[list], node_id: int, slot: int) -> int | None:
 def to_ui(nodes: list[Node]) -> dict:
     """The UI-format (version 0.4) workflow."""
     links = _links(nodes)
+    pos = lay_out(nodes)
     ui_nodes = []
     for order, node in enumerate(nodes):
         spec = SPECS[node.type]
@@ -408,7 +523,7 @@ def to_ui(nodes: list[Node]) -> dict:
                   for s, i in enumerate(x for x in spec.inputs if not x.widget)]
         outputs = [{"name": name, "type": t, "links": [l[0] for l in links if l[1] == node.id and l[2] == s],
                     "slot_index": s} for s, (name, t) in enumerate(spec.outputs)]
-        entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
+        entry = {"id": node.id, "type": node.type, "pos": list(pos[node.id]), "size": list(SIZES[node.type]), "flags": {},
                  "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
                  "properties": {"Node name for S&R": node.type}, "widgets_values": widget_values(node)}
         ui_nodes.append(entry)
@@ -436,7 +551,7 @@ def render() -> dict[Path, str]:
     files = {}
     for name, make in WORKFLOWS.items():
         nodes = make()
-        files[HERE / f"{name}.json"] = json.dumps(to_ui(nodes), indent=2) + "\n"
+        files[ui_path(name)] = json.dumps(to_ui(nodes), indent=2) + "\n"
         files[API_DIR / f"{name}.json"] = json.dumps(to_api(nodes), indent=2) + "\n"
     return files
 
@@ -447,7 +562,10 @@ def main(argv: list[str]) -> int:
         stale = [str(p) for p, text in files.items() if not p.is_file() or p.read_text() != text]
         for p in stale:
             print(f"out of date: {p} (run python workflows/build.py)")
-        return 1 if stale else 0
+        strays = [str(p) for folder in (HERE, API_DIR) for p in folder.glob("*.json") if p not in files]
+        for p in strays:
+            print(f"not written by build.py: {p} (ComfyUI would list it as a template; remove or add it here)")
+        return 1 if stale or strays else 0
     API_DIR.mkdir(exist_ok=True)
     for path, text in files.items():
         path.write_text(text)

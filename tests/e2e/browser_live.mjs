@@ -12,28 +12,9 @@
 // text runs once the busy prompt is done. Prints one JSON line with what it saw; exits non-zero on a
 // failed check.
 
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { readFileSync } from "node:fs";
 
-const HEADLESS_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
-const RUN_TIMEOUT_MS = 120000;
-
-function args() {
-  const out = {};
-  const argv = process.argv.slice(2);
-  for (let i = 0; i < argv.length; i += 2) out[argv[i].replace(/^--/, "")] = argv[i + 1];
-  for (const key of ["url", "workflow", "playwright", "chromium", "screenshot"]) {
-    if (!out[key]) throw new Error(`missing --${key}`);
-  }
-  return out;
-}
-
-function check(condition, message) {
-  if (!condition) throw new Error(`check failed: ${message}`);
-}
+import { RUN_TIMEOUT_MS, args, check, runMain, withComfyPage } from "./browser_page.mjs";
 
 /** The image file a live preview node shows now ("" if none). */
 async function shownImage(page, nodeId) {
@@ -130,106 +111,90 @@ async function busyServer(page, ids, busyPrompt, result) {
 }
 
 async function main() {
-  const opt = args();
-  const require = createRequire(join(resolve(opt.playwright), "noop.js"));
-  const { chromium } = require("playwright-core");
-  const profile = mkdtempSync(join(tmpdir(), "sana-chromium-"));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: opt.chromium, headless: true, args: HEADLESS_FLAGS, viewport: { width: 1600, height: 1000 },
+  const opt = args(["url", "workflow", "playwright", "chromium", "screenshot"]);
+  // the app, our extension, and the node definitions from /object_info
+  const ready = () => window.comfyAPI?.app?.app?.graph && window.SanaSprintLive
+    && window.LiteGraph?.registered_node_types?.SanaSprintLivePreview;
+  await withComfyPage(opt, ready, async (page, errors) => {
+    const result = {};
+      const ids = await loadWorkflow(page, JSON.parse(readFileSync(opt.workflow, "utf8")));
+      check(ids.live !== undefined && ids.encode !== undefined, "the workflow has a live preview and a prompt");
+      await page.evaluate(() => {
+        const { ds } = window.comfyAPI.app.app.canvas;
+        ds.scale = 0.7;
+        ds.offset = [20, 20];
+      });
+
+      // 1. Live on: the graph runs without Queue being pressed.
+      await (await liveToggle(page, ids.live)).check();
+      result.first = await waitForNewImage(page, ids.live, "", "Live switched on");
+
+      // 2. Type into the prompt: one new image after the typing burst, earlier runs coalesced.
+      const before = await runs(page);
+      const prompt = page.locator(".dom-widget textarea").first();
+      await prompt.click();
+      await prompt.press("End");
+      await page.keyboard.type(" under northern lights", { delay: 40 });
+      result.typed = await waitForNewImage(page, ids.live, result.first, "typing into the prompt");
+      const after = await runs(page);
+      result.runsWhileTyping = after.submitted - before.submitted;
+      check(result.runsWhileTyping >= 1 && result.runsWhileTyping <= 4, `typing 22 keys queued ${result.runsWhileTyping} runs`);
+      const text = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).widgets
+        .find((w) => w.name === "text").value, ids.encode);
+      check(text.endsWith(" under northern lights"), "the prompt widget holds the typed text");
+
+      // 2b. Type again while that run is on the server: the stale run is interrupted and only the
+      // newest text is run to the end.
+      const beforeStale = await runs(page);
+      await page.keyboard.type(", snow", { delay: 40 });
+      await page.waitForFunction(() => window.SanaSprintLive.queue.inFlight !== null, null,
+        { timeout: RUN_TIMEOUT_MS, polling: 20 });
+      await page.keyboard.type(" and stars", { delay: 40 });
+      result.afterStale = await waitForNewImage(page, ids.live, result.typed, "typing during a run");
+      await page.waitForFunction(() => window.SanaSprintLive.queue.inFlight === null, null, { timeout: RUN_TIMEOUT_MS });
+      const afterStale = await runs(page);
+      result.interruptedRuns = afterStale.interrupted - beforeStale.interrupted;
+      check(result.interruptedRuns === 1, `typing during a run interrupted ${result.interruptedRuns} runs`);
+      result.finalText = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).widgets
+        .find((w) => w.name === "text").value, ids.encode);
+
+      // 3. Draw a stroke on a scribble pad feeding a second live preview.
+      const branch = ids.pad !== undefined ? { pad: ids.pad, live: ids.live } : await addScribbleBranch(page);
+      if (ids.pad === undefined) await (await liveToggle(page, branch.live)).check();
+      const canvas = page.locator("canvas.sana-scribble-canvas").first();
+      await canvas.waitFor({ state: "visible", timeout: RUN_TIMEOUT_MS });
+      const shownBefore = await waitForNewImage(page, branch.live, "", "the scribble branch with Live on");
+      const box = await canvas.boundingBox();
+      await page.mouse.move(box.x + box.width * 0.25, box.y + box.height * 0.3);
+      await page.mouse.down();
+      for (let i = 1; i <= 12; i++) {
+        await page.mouse.move(box.x + box.width * (0.25 + 0.04 * i), box.y + box.height * (0.3 + 0.03 * i));
+      }
+      await page.mouse.up();
+      result.drawn = await waitForNewImage(page, branch.live, shownBefore, "drawing a stroke");
+      result.scribble = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).widgets
+        .find((w) => w.name === "scribble").value, branch.pad);
+      const side = await page.evaluate((id) => ["width", "height"].map((name) => window.comfyAPI.app.app.graph
+        .getNodeById(id).widgets.find((w) => w.name === name).value).join("x"), branch.pad);
+      check(new RegExp(`^sana_sprint/scribble_${side}_[0-9a-f]{16}\\.png$`).test(result.scribble),
+        `scribble value ${result.scribble} (pad ${side})`);
+      if (opt["busy-prompt"]) await busyServer(page, ids, JSON.parse(readFileSync(opt["busy-prompt"], "utf8")), result);
+      result.stats = await runs(page);
+      result.stepPreviews = await page.evaluate(() => ({ ...window.SanaSprintLive.stepPreviews }));
+      result.liveNodes = [ids.live, branch.live];
+      // errors thrown by this pack's modules (the frontend has unrelated startup errors of its own)
+      result.pageErrors = errors.filter((e) => e.includes("/extensions/"));
+      result.latency = await page.evaluate(() => [...document.querySelectorAll(".sana-live-latency")]
+        .map((e) => e.textContent));
+      await page.evaluate(() => {
+        const { app } = window.comfyAPI.app;
+        app.canvas.deselectAll?.();
+        app.graph.setDirtyCanvas(true, true);
+      });
+      await page.waitForTimeout(1000); // past the debounce, so the status line is settled
+      await page.screenshot({ path: opt.screenshot });
+      console.log(JSON.stringify(result));
   });
-  const result = {};
-  try {
-    const page = context.pages()[0] ?? (await context.newPage());
-    const errors = [];
-    page.on("pageerror", (e) => errors.push(e.stack ?? String(e)));
-    await page.goto(opt.url, { waitUntil: "domcontentloaded" });
-    // the app, our extension, and the node definitions from /object_info
-    await page.waitForFunction(() => window.comfyAPI?.app?.app?.graph && window.SanaSprintLive
-      && window.LiteGraph?.registered_node_types?.SanaSprintLivePreview, null, { timeout: RUN_TIMEOUT_MS });
-    const ids = await loadWorkflow(page, JSON.parse(readFileSync(opt.workflow, "utf8")));
-    check(ids.live !== undefined && ids.encode !== undefined, "the workflow has a live preview and a prompt");
-    await page.evaluate(() => {
-      const { ds } = window.comfyAPI.app.app.canvas;
-      ds.scale = 0.7;
-      ds.offset = [20, 20];
-    });
-
-    // 1. Live on: the graph runs without Queue being pressed.
-    await (await liveToggle(page, ids.live)).check();
-    result.first = await waitForNewImage(page, ids.live, "", "Live switched on");
-
-    // 2. Type into the prompt: one new image after the typing burst, earlier runs coalesced.
-    const before = await runs(page);
-    const prompt = page.locator(".dom-widget textarea").first();
-    await prompt.click();
-    await prompt.press("End");
-    await page.keyboard.type(" under northern lights", { delay: 40 });
-    result.typed = await waitForNewImage(page, ids.live, result.first, "typing into the prompt");
-    const after = await runs(page);
-    result.runsWhileTyping = after.submitted - before.submitted;
-    check(result.runsWhileTyping >= 1 && result.runsWhileTyping <= 4, `typing 22 keys queued ${result.runsWhileTyping} runs`);
-    const text = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).widgets
-      .find((w) => w.name === "text").value, ids.encode);
-    check(text.endsWith(" under northern lights"), "the prompt widget holds the typed text");
-
-    // 2b. Type again while that run is on the server: the stale run is interrupted and only the
-    // newest text is run to the end.
-    const beforeStale = await runs(page);
-    await page.keyboard.type(", snow", { delay: 40 });
-    await page.waitForFunction(() => window.SanaSprintLive.queue.inFlight !== null, null,
-      { timeout: RUN_TIMEOUT_MS, polling: 20 });
-    await page.keyboard.type(" and stars", { delay: 40 });
-    result.afterStale = await waitForNewImage(page, ids.live, result.typed, "typing during a run");
-    await page.waitForFunction(() => window.SanaSprintLive.queue.inFlight === null, null, { timeout: RUN_TIMEOUT_MS });
-    const afterStale = await runs(page);
-    result.interruptedRuns = afterStale.interrupted - beforeStale.interrupted;
-    check(result.interruptedRuns === 1, `typing during a run interrupted ${result.interruptedRuns} runs`);
-    result.finalText = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).widgets
-      .find((w) => w.name === "text").value, ids.encode);
-
-    // 3. Draw a stroke on a scribble pad feeding a second live preview.
-    const branch = ids.pad !== undefined ? { pad: ids.pad, live: ids.live } : await addScribbleBranch(page);
-    if (ids.pad === undefined) await (await liveToggle(page, branch.live)).check();
-    const canvas = page.locator("canvas.sana-scribble-canvas").first();
-    await canvas.waitFor({ state: "visible", timeout: RUN_TIMEOUT_MS });
-    const shownBefore = await waitForNewImage(page, branch.live, "", "the scribble branch with Live on");
-    const box = await canvas.boundingBox();
-    await page.mouse.move(box.x + box.width * 0.25, box.y + box.height * 0.3);
-    await page.mouse.down();
-    for (let i = 1; i <= 12; i++) {
-      await page.mouse.move(box.x + box.width * (0.25 + 0.04 * i), box.y + box.height * (0.3 + 0.03 * i));
-    }
-    await page.mouse.up();
-    result.drawn = await waitForNewImage(page, branch.live, shownBefore, "drawing a stroke");
-    result.scribble = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).widgets
-      .find((w) => w.name === "scribble").value, branch.pad);
-    const side = await page.evaluate((id) => ["width", "height"].map((name) => window.comfyAPI.app.app.graph
-      .getNodeById(id).widgets.find((w) => w.name === name).value).join("x"), branch.pad);
-    check(new RegExp(`^sana_sprint/scribble_${side}_[0-9a-f]{16}\\.png$`).test(result.scribble),
-      `scribble value ${result.scribble} (pad ${side})`);
-    if (opt["busy-prompt"]) await busyServer(page, ids, JSON.parse(readFileSync(opt["busy-prompt"], "utf8")), result);
-    result.stats = await runs(page);
-    result.stepPreviews = await page.evaluate(() => ({ ...window.SanaSprintLive.stepPreviews }));
-    result.liveNodes = [ids.live, branch.live];
-    // errors thrown by this pack's modules (the frontend has unrelated startup errors of its own)
-    result.pageErrors = errors.filter((e) => e.includes("/extensions/"));
-    result.latency = await page.evaluate(() => [...document.querySelectorAll(".sana-live-latency")]
-      .map((e) => e.textContent));
-    await page.evaluate(() => {
-      const { app } = window.comfyAPI.app;
-      app.canvas.deselectAll?.();
-      app.graph.setDirtyCanvas(true, true);
-    });
-    await page.waitForTimeout(1000); // past the debounce, so the status line is settled
-    await page.screenshot({ path: opt.screenshot });
-    console.log(JSON.stringify(result));
-  } finally {
-    await context.close();
-    rmSync(profile, { recursive: true, force: true });
-  }
 }
 
-main().catch((err) => {
-  console.error(err?.stack ?? String(err));
-  process.exit(1);
-});
+runMain(main);

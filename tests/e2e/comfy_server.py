@@ -39,7 +39,8 @@ class ComfyServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-auto-launch", "--base-directory", str(base), "--preview-method", "auto"]
+               "--disable-auto-launch", "--base-directory", str(base), "--preview-method", "auto",
+               "--database-url", "sqlite:///:memory:"]
         self._log_file = open(log, "w")
         self.proc = subprocess.Popen(cmd, cwd=comfy_dir, stdout=self._log_file, stderr=subprocess.STDOUT)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.comfy_server import ComfyServer
+from workflows.build import ui_path
 
 REPO = Path(__file__).resolve().parents[2]
 PACK = "ComfyUI-SanaSprint"
@@ -32,8 +33,8 @@ PLAYWRIGHT_DIR = os.environ.get("PLAYWRIGHT_CORE_DIR", "")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 NODE = shutil.which("node")
 SCREENSHOT = REPO / "docs" / "images" / "live_preview.png"
-WORKFLOW = REPO / "workflows" / "sana_sprint_live_text_to_image.json"
-SCRIBBLE_WORKFLOW = REPO / "workflows" / "sana_sprint_live_scribble_controlnet.json"
+WORKFLOW = ui_path("sana_sprint_live_text_to_image")
+SCRIBBLE_WORKFLOW = ui_path("sana_sprint_live_scribble_controlnet")
 
 pytestmark = [
     pytest.mark.skipif(not COMFYUI_DIR or os.environ.get("SANA_BROWSER_E2E") != "1",

@@ -12,9 +12,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 
+from sana_sprint_core.constants import COMFY_DIT_NAME
 from tests.e2e.comfy_server import Client, ComfyServer
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -63,6 +66,7 @@ def server(tmp_path_factory):
     drawing[60:66, 20:230] = drawing[20:170, 120:126] = 30
     Image.fromarray(drawing).save(base / "input" / "scribble.png")
     srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log")
+    srv.base = base
     try:
         srv.wait_ready("SanaSprintSampler")
         yield srv
@@ -124,44 +128,17 @@ def test_workflow_specs_match_the_real_node_definitions(server):
 
 
 def test_workflow_templates_are_listed_and_served(server):
+    """Listed by title (the file name); served with their thumbnails. That each UI file gives its API
+    twin in the real frontend is checked by test_browser_workflows.py."""
+    from workflows.build import TITLES, thumbnail_path
+
     listed = server.get("/workflow_templates")
-    ui_names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
-    assert sorted(listed[PACK]) == ui_names
-    assert len(ui_names) == 10
-    for name in ui_names:
-        status, body = server.get_bytes(f"/api/workflow_templates/{PACK}/{name}.json")
+    assert sorted(listed[PACK]) == sorted(TITLES.values())
+    for name, title in TITLES.items():
+        status, body = server.get_bytes(f"/api/workflow_templates/{PACK}/{quote(title)}.json")
         assert status == 200 and json.loads(body)["version"] == 0.4
-
-
-def _ui_to_api(ui: dict, info: dict) -> dict:
-    """Convert a UI workflow to API format the way the frontend does, from /object_info widget order."""
-    links = {link[0]: link for link in ui["links"]}
-    prompt = {}
-    for node in ui["nodes"]:
-        defs = info[node["type"]]
-        order = defs["input_order"].get("required", []) + defs["input_order"].get("optional", [])
-        specs = {**defs["input"].get("required", {}), **defs["input"].get("optional", {})}
-        linked = {i["name"]: links[i["link"]] for i in node["inputs"] if i.get("link") is not None}
-        values, inputs = list(node["widgets_values"]), {}
-        for name in order:
-            kind, options = specs[name][0], (specs[name][1] if len(specs[name]) > 1 else {})
-            if name in linked:
-                inputs[name] = [str(linked[name][1]), linked[name][2]]
-            elif isinstance(kind, list) or kind in WIDGET_TYPES:
-                inputs[name] = values.pop(0)
-                if options.get("control_after_generate") or options.get("image_upload"):
-                    values.pop(0)
-        assert not values, f"{node['type']}: widget values left over: {values}"
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
-    return prompt
-
-
-@pytest.mark.parametrize("name", sorted(_api_workflows()))
-def test_ui_workflow_converts_to_its_api_twin(server, name):
-    info = server.get("/object_info")
-    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
-    twin = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in _api_workflows()[name].items()}
-    assert _ui_to_api(ui, info) == twin
+        status, body = server.get_bytes(f"/api/workflow_templates/{PACK}/{quote(title)}.jpg")
+        assert status == 200 and body == thumbnail_path(name).read_bytes()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,6 +222,57 @@ def test_bad_inputs_give_400_with_node_errors(client):
     details = answer["node_errors"]["1"]["errors"][0]["details"]
     assert "diffusion_models" in details and "Sana_Sprint_0.6B_1024px.safetensors" in details
     assert "Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers" in details
+
+
+# Each loader kind: (workflow, node, input, the model's file or folder under models/). The teacher is
+# asked for by its public name through the DiT loader, as the training workflow does.
+MISSING_MODEL_CASES = {
+    "dit": ("sana_sprint_2step_text_to_image", "1", "model_name", "diffusion_models/Sana_Sprint_1.6B_1024px_diffusers"),
+    "teacher": ("sana_sprint_2step_text_to_image", "1", "model_name",
+                "diffusion_models/SANA_Sprint_1.6B_1024px_teacher_diffusers"),
+    "text_encoder": ("sana_sprint_2step_text_to_image", "2", "text_encoder_name", "text_encoders/gemma-2-2b-it"),
+    "vae": ("sana_sprint_2step_text_to_image", "3", "vae_name", "vae/dc-ae-f32c32-sana-1.1-diffusers"),
+    "controlnet": ("sana_sprint_controlnet_hed", "10", "controlnet_name",
+                   "controlnet/Sana_1600M_1024px_BF16_ControlNet_HED.pth"),
+    "hed": ("sana_sprint_controlnet_hed", "11", "hed_model", "annotators/ControlNetHED.pth"),
+}
+
+
+def _validation_errors(client, prompt: dict) -> dict:
+    """node id -> error details; the sampler gets an out-of-range step count so nothing ever runs."""
+    sampler = next(k for k, v in prompt.items() if v["class_type"] == "SanaSprintSampler")
+    prompt[sampler]["inputs"]["steps"] = 9
+    status, answer = client.submit(prompt)
+    assert status == 400, answer
+    return {k: " ".join(e.get("details", "") for e in v["errors"]) for k, v in answer["node_errors"].items()}
+
+
+@pytest.mark.parametrize("kind", sorted(MISSING_MODEL_CASES))
+def test_missing_model_message_names_the_folder_the_loader_reads(client, kind):
+    """The model is moved away: the loader's 400 names one download target. Put there, the same name loads."""
+    name, node, field, relative = MISSING_MODEL_CASES[kind]
+    base = client.server.base
+    model = base / "models" / relative
+    present = base / "models" / ("diffusion_models/" + COMFY_DIT_NAME if kind == "teacher" else relative)
+    parked = base / f"parked_{kind}"
+    present.rename(parked)
+    moved_to = parked
+    try:
+        prompt = json.loads(json.dumps(_api_workflows()[name]))
+        prompt[node]["inputs"][field] = model.name
+        details = _validation_errors(client, json.loads(json.dumps(prompt)))[node]
+        targets = list(dict.fromkeys(re.findall(r" to (\S+?)(?:;|\. Nothing)", details)))  # once per error
+        assert targets[0] == str(model) and f"{model.parent.name}/{model.parent.name}" not in details, details
+        if kind == "teacher":  # the teachers' repositories, not the Sprint student's
+            assert "Efficient-Large-Model/SANA_Sprint_1.6B_1024px_teacher_diffusers" in details, details
+            assert "Sana_Sprint_1.6B_1024px_diffusers" not in details, details
+        else:
+            assert targets == [str(model)], details
+        moved_to = Path(targets[0])
+        parked.rename(moved_to)  # where the message says: the loader now finds it under the same name
+        assert node not in _validation_errors(client, prompt)
+    finally:
+        moved_to.rename(present)
 
 
 # --------------------------------------------------------------------------------------------------

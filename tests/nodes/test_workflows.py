@@ -35,7 +35,7 @@ def _load_build():
 
 build = _load_build()
 API = {p.stem: json.loads(p.read_text()) for p in sorted((WORKFLOWS / "api").glob("*.json"))}
-UI = {p.stem: json.loads(p.read_text()) for p in sorted(WORKFLOWS.glob("*.json"))}
+UI = {name: json.loads(build.ui_path(name).read_text()) for name in build.WORKFLOWS}
 
 
 def test_committed_files_equal_the_generator_output():
@@ -44,6 +44,36 @@ def test_committed_files_equal_the_generator_output():
     for path, text in files.items():
         assert path.read_text() == text, f"{path} is stale: run python workflows/build.py"
     assert sorted(API) == sorted(UI) == sorted(build.WORKFLOWS)
+    # nothing else in workflows/ that ComfyUI would list as a template
+    assert sorted(WORKFLOWS.glob("*.json")) == sorted(build.ui_path(name) for name in build.WORKFLOWS)
+
+
+def test_every_ui_workflow_has_a_title_and_a_thumbnail():
+    """The template browser's card: the file name is the title (no character Windows or a URL refuses),
+    the same-name JPEG the thumbnail (made by tests/e2e/test_browser_workflows.py)."""
+    for name, title in build.TITLES.items():
+        assert build.ui_path(name).name == f"{title}.json" and not set(title) & set('<>:"/\\|?*#%')
+        assert build.thumbnail_path(name).read_bytes()[:3] == b"\xff\xd8\xff", f"{title}.jpg is not a JPEG"
+
+
+@pytest.mark.parametrize("name", sorted(UI))
+def test_ui_layout_has_no_overlapping_nodes(name):
+    """Boxes (title bar included) as the file places them; the browser test checks them as drawn."""
+    title = build.NODE_TITLE_HEIGHT
+    boxes = [(n["pos"][0], n["pos"][1] - title, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1], n["type"])
+             for n in UI[name]["nodes"]]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+
+
+def test_every_seed_input_declares_control_after_generate(nodes):
+    """ComfyUI's frontend adds a 'control after generate' widget to any INT named seed or noise_seed
+    unless the input says otherwise; an undeclared one shifts every later widget value of a saved workflow."""
+    for node_id, cls in nodes.items():
+        for inp in cls.define_schema().inputs:
+            if inp.io_type == "INT" and inp.id in ("seed", "noise_seed"):
+                assert getattr(inp, "control_after_generate", None) is not None, (node_id, inp.id)
 
 
 def test_workflows_use_the_public_model_names():
