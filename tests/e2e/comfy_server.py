@@ -7,6 +7,7 @@ directory (custom_nodes/, models/, input/, output/ inside it), using the Python 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -34,7 +35,7 @@ def free_port() -> int:
 class ComfyServer:
     """`python main.py --cpu ...` in `comfy_dir` with `base` as --base-directory."""
 
-    def __init__(self, comfy_dir: Path, base: Path, log: Path):
+    def __init__(self, comfy_dir: Path, base: Path, log: Path, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -42,7 +43,8 @@ class ComfyServer:
                "--disable-auto-launch", "--base-directory", str(base), "--preview-method", "auto",
                "--database-url", "sqlite:///:memory:"]
         self._log_file = open(log, "w")
-        self.proc = subprocess.Popen(cmd, cwd=comfy_dir, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=comfy_dir, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
 
     def wait_ready(self, probe: str, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout

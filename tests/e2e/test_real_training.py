@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,12 @@ DISTILL, SAVE_LORA, LOSS_GRAPH = "12", "13", "14"
 SAVE_CONTROLNET = "13"  # in the ControlNet workflow (Distill and Loss Graph have the ids above)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def start_server(tmp_path_factory, name: str, env: dict | None = None) -> ComfyServer:
+    """A server with the pack, the tiny models, the tiny teacher and the training images."""
     from tests.fixtures.comfy_models import write_tiny_models
     from tests.fixtures.comfy_training import write_tiny_teacher, write_training_images
 
-    base = tmp_path_factory.mktemp("comfy_train_base")
+    base = tmp_path_factory.mktemp(name)
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
     write_tiny_models(base / "models")
@@ -53,10 +54,20 @@ def server(tmp_path_factory):
     write_training_images(base / "input" / "sana_sprint_training")
     pixels = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8).numpy()
     Image.fromarray(pixels).save(base / "input" / "example.png")  # the control photo of the ControlNet workflow
-    srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log")
+    srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log", env=env)
     srv.base = base
     try:
         srv.wait_ready("SanaSprintDistill")
+    except Exception:
+        srv.stop()
+        raise
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = start_server(tmp_path_factory, "comfy_train_base")
+    try:
         yield srv
     finally:
         srv.stop()
@@ -316,3 +327,23 @@ def test_controlnet_train_mode_without_a_teacher(server, client):
     config = json.loads((server.base / "output" / "sana_sprint_training" / "e2e_cn_train" / "config.json").read_text())
     assert config["controlnet"]["mode"] == "train" and config["controlnet"]["init"] == "auto"
     assert config["controlnet"]["teacher_controlnet"] == "" and not config["distill"]["scm"]
+
+
+def test_a_second_importable_core_does_not_split_the_classes(tmp_path_factory):
+    """Another sana_sprint_core on the server's path (the pack also pip-installed, a checkout on
+    PYTHONPATH): the pack's trainer still uses the pack's copy, so ControlNet distillation - whose
+    JVP needs the cross-attention switch to recognise the node-loaded model's modules - runs. With the
+    other copy bound it failed in the JVP (forward AD through the flash attention kernel)."""
+    other = tmp_path_factory.mktemp("second_copy")
+    shutil.copytree(REPO / "sana_sprint_core", other / "sana_sprint_core")
+    srv = start_server(tmp_path_factory, "comfy_two_cores", env={"PYTHONPATH": str(other)})
+    c = Client(srv)
+    try:
+        run, _, history = submit(c, controlnet_prompt("two_cores", 2))
+        errors = run.of_type("execution_error")
+        assert not errors, errors[0].get("exception_message")
+        assert history["status"]["status_str"] == "success"
+        assert progress_of(run, DISTILL) == [(1, 2), (2, 2)]
+    finally:
+        c.close()
+        srv.stop()
