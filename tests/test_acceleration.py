@@ -213,14 +213,14 @@ def test_cuda_graphs_refuse_a_cpu_model():
         CudaGraphTrigFlow(SanaSprintDiT(TINY.replace(num_layers=1)))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graph_sampling_equals_eager_on_gpu():
-    dit = SanaSprintDiT(TINY).cuda().eval()
-    embeds, mask = torch.randn(1, 7, 48, device="cuda"), torch.ones(1, 7, dtype=torch.int64, device="cuda")
-    kw = dict(width=128, height=96, steps=4, seed=3)
-    want = sample(dit, embeds, mask, **kw)
-    got = sample(CudaGraphTrigFlow(dit), embeds, mask, **kw)
-    assert (got - want).abs().max() <= 1e-5
+def test_cuda_check_script_says_when_there_is_no_gpu(capsys):
+    """The GPU half (CUDA-graph sampling equals eager) is bench/cuda_check.py, run where a GPU is lent."""
+    from bench import cuda_check
+
+    if torch.cuda.is_available():
+        assert cuda_check.main() == 0
+    else:
+        assert cuda_check.main() == 2 and "no CUDA device" in capsys.readouterr().err
 
 
 def test_fast_cpu_linears_keep_gemma_outputs_and_keys():
