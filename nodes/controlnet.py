@@ -36,6 +36,7 @@ from . import model_files
 from .comfy_model import (
     ADDITIONAL_MODELS_KEY, CONTROL_LATENT_KEY, CONTROL_STRENGTH_KEY, CONTROLNET_KEY, ManagedModule,
 )
+from .float_inputs import check_floats
 from .loaders import ControlNetType, VaeType
 from .vae import load_for_pixels
 
@@ -164,6 +165,10 @@ class SanaSprintControlNetApply(io.ComfyNode):
             ],
             outputs=[io.Conditioning.Output(tooltip="The prompt with the ControlNet, control latent and strength.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, strength=None):
+        return check_floats(cls, strength=strength)
 
     @classmethod
     def execute(cls, positive, controlnet, vae, image, strength, width, height) -> io.NodeOutput:

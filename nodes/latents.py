@@ -7,12 +7,12 @@ from comfy_api.latest import io
 
 import comfy.model_management as mm
 
-from ..sana_sprint_core.constants import ASPECT_RATIO_PRESETS_1024, LATENT_CHANNELS, LATENT_DOWNSCALE
+from ..sana_sprint_core.constants import ASPECT_RATIO_PRESETS_1024, LATENT_CHANNELS, LATENT_DOWNSCALE, MAX_IMAGE_SIDE
 from ..sana_sprint_core.sampler import check_image_size
 
 CUSTOM = "custom"
 PRESETS = {f"{name} ({w}x{h})": (w, h) for name, w, h in ASPECT_RATIO_PRESETS_1024}
-MAX_SIDE = 4096
+MAX_SIDE = MAX_IMAGE_SIDE
 
 
 def preset_size(aspect_ratio: str, width: int, height: int) -> tuple[int, int]:

@@ -22,16 +22,16 @@ import comfy.utils
 from ..sana_sprint_core import preview as core_preview
 from ..sana_sprint_core import trigflow
 from ..sana_sprint_core.constants import (
-    DEFAULT_GUIDANCE, LATENT_DOWNSCALE, PREVIEW_MAX_SIZE, T_INTERMEDIATE_2STEP, T_MAX,
+    DEFAULT_GUIDANCE, LATENT_DOWNSCALE, MAX_STEPS, PREVIEW_MAX_SIZE, T_INTERMEDIATE_2STEP, T_MAX,
 )
 from ..sana_sprint_core.controlnet import sample_with_control
 from ..sana_sprint_core.sampler import check_timesteps, sample, sprint_timesteps
 from ..sana_sprint_core.trigflow_model import TrigFlowModel
 from .comfy_model import control_of, host_compiled, sana_dit
+from .float_inputs import check_floats
 from .timing import timed
 
 CATEGORY = "SanaSprint/sampling"
-MAX_STEPS = 4
 
 
 def schedule_inputs() -> list:
@@ -124,6 +124,11 @@ class SanaSprintSampler(io.ComfyNode):
             ],
             outputs=[io.Latent.Output(tooltip="Denoised latent for SanaSprintVAEDecode.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, guidance=None, max_timestep=None, intermediate_timestep=None, denoise=None):
+        return check_floats(cls, guidance=guidance, max_timestep=max_timestep,
+                            intermediate_timestep=intermediate_timestep, denoise=denoise)
 
     @classmethod
     def execute(cls, model, positive, latent_image, seed, steps, guidance, max_timestep,
@@ -236,6 +241,11 @@ class SanaSprintSigmas(io.ComfyNode):
             inputs=schedule_inputs(),
             outputs=[io.Sigmas.Output(tooltip="steps + 1 sigmas ending at 0.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, max_timestep=None, intermediate_timestep=None, denoise=None):
+        return check_floats(cls, max_timestep=max_timestep, intermediate_timestep=intermediate_timestep,
+                            denoise=denoise)
 
     @classmethod
     def execute(cls, steps, max_timestep, intermediate_timestep, denoise, timesteps=None) -> io.NodeOutput:

@@ -26,6 +26,7 @@ from ..trainers.export import layer_classes
 from ..trainers.session import outcome_metadata
 from . import model_files
 from .comfy_model import sana_dit
+from .float_inputs import check_floats
 from .loaders import ControlNetType, controlnet_module
 from .train_data import CATEGORY, CacheType
 from .train_distill import (
@@ -97,7 +98,12 @@ class SanaSprintDistillControlNet(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, mode, teacher_controlnet, init, output_name):
+    def validate_inputs(cls, mode, teacher_controlnet, init, output_name, learning_rate=None, scm_weight=None,
+                        ladd_weight=None, max_time_probability=None):
+        floats = check_floats(cls, learning_rate=learning_rate, scm_weight=scm_weight, ladd_weight=ladd_weight,
+                              max_time_probability=max_time_probability)
+        if floats is not True:
+            return floats
         for name, value, options in (("mode", mode, MODES), ("init", init, CONTROLNET_INITS)):
             if value is not None and value not in options:
                 return f"{name} must be one of {options}, got {value!r}"

@@ -10,7 +10,6 @@ SanaSprintDistillControlNet trains on; trainers/controlnet.py scribble_encoder).
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,12 @@ import comfy.utils
 import folder_paths
 
 from ..sana_sprint_core.constants import (
-    DCAE_BYTES_PER_PIXEL_PER_DTYPE_BYTE, HED_FILE_NAME, LATENT_DOWNSCALE, SCRIBBLE_TRAIN_THICKNESS_MAX,
+    DCAE_BYTES_PER_PIXEL_PER_DTYPE_BYTE, HED_FILE_NAME, LATENT_DOWNSCALE, MAX_IMAGE_SIDE, SCRIBBLE_TRAIN_THICKNESS_MAX,
 )
 from ..sana_sprint_core.dcae import encode
 from ..sana_sprint_core.text_encoder import encode_prompt
 from ..trainers.controlnet import scribble_encoder
-from ..trainers.data import Item, Scan, bucket_counts, scan_folder
+from ..trainers.data import Item, Scan, bucket_counts, folder_digest, scan_folder
 from ..trainers.precompute import CachedDataset, encode_captions, write_cache
 from . import model_files
 from .controlnet import hed_module, hed_options
@@ -114,7 +113,7 @@ class SanaSprintDataset(io.ComfyNode):
                                 tooltip="Folder inside ComfyUI's input folder (or an absolute path) holding <name>.png "
                                         "/ .jpg / .jpeg / .webp / .bmp with <name>.txt captions. A subfolder named "
                                         "'N_anything' repeats its images N times."),
-                io.Int.Input("resolution", default=1024, min=2 * LATENT_DOWNSCALE, max=4096, step=LATENT_DOWNSCALE,
+                io.Int.Input("resolution", default=1024, min=2 * LATENT_DOWNSCALE, max=MAX_IMAGE_SIDE, step=LATENT_DOWNSCALE,
                              tooltip="Training resolution: every image is resized to about resolution x resolution "
                                      "pixels (its aspect bucket, sides multiples of 32). 1024 for the 1024px models."),
                 io.Boolean.Input("buckets", default=True,
@@ -140,12 +139,7 @@ class SanaSprintDataset(io.ComfyNode):
             root = dataset_folder(folder)
         except ValueError as e:  # reported by execute; a changing value makes ComfyUI run it
             return f"missing:{e}"
-        digest = hashlib.sha256()
-        for p in sorted(root.rglob("*")):
-            if p.is_file():
-                st = p.stat()
-                digest.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
+        return folder_digest(root)
 
     @classmethod
     def execute(cls, folder, resolution, buckets, skip_bad_files, caption_extension) -> io.NodeOutput:

@@ -25,6 +25,7 @@ from ..trainers.config import config_from_dict
 from ..trainers.discriminator import fit_head_blocks
 from ..trainers.session import Hooks, outcome_lora, outcome_metadata, outcome_student, train_in_process
 from .comfy_model import dit_patcher, sana_dit
+from .float_inputs import check_floats
 from .sampling import preview_image
 from .train_data import CATEGORY, CacheType, show_text
 from .train_models import TRAINING_METADATA_KEY, apply_lora, release
@@ -109,8 +110,11 @@ class SanaSprintDistill(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, output_name):
-        return check_output_name(output_name)
+    def validate_inputs(cls, output_name, alpha=None, learning_rate=None, scm_weight=None, ladd_weight=None,
+                        max_time_probability=None):
+        floats = check_floats(cls, alpha=alpha, learning_rate=learning_rate, scm_weight=scm_weight,
+                              ladd_weight=ladd_weight, max_time_probability=max_time_probability)
+        return check_output_name(output_name) if floats is True else floats
 
     @classmethod
     def execute(cls, model, cache, mode, rank, alpha, steps, learning_rate, batch_size, scm_weight, ladd_weight,

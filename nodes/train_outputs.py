@@ -24,6 +24,7 @@ from ..trainers.controlnet import controlnet_like
 from ..trainers.export import META_PREFIX
 from ..trainers.logs import draw_losses
 from .comfy_model import sana_dit
+from .float_inputs import check_floats
 from .loaders import ControlNetType
 from .train_data import CATEGORY
 from .train_distill import DENOISE_COLUMNS, LOSS_COLUMNS, LoraType
@@ -232,14 +233,13 @@ class SanaSprintLoraLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, lora_name):
-        if lora_name is None:  # linked: checked when it runs
-            return True
-        try:
-            lora_path(lora_name)
-        except (ValueError, FileNotFoundError) as e:
-            return str(e)
-        return True
+    def validate_inputs(cls, lora_name, strength=None):
+        if lora_name is not None:  # None: linked, checked when it runs
+            try:
+                lora_path(lora_name)
+            except (ValueError, FileNotFoundError) as e:
+                return str(e)
+        return check_floats(cls, strength=strength)
 
     @classmethod
     def execute(cls, model, lora_name, strength) -> io.NodeOutput:

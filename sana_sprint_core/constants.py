@@ -43,6 +43,17 @@ DCAE_SCALE = 0.41407
 LATENT_DOWNSCALE = 32
 LATENT_CHANNELS = 32
 
+# Largest image side the sampler, the CLI, the nodes and the trainer accept (a multiple of
+# LATENT_DOWNSCALE). Why 4096: the DC-AE decoder's last stage runs 128 channels at full resolution,
+# 4096^2 x 128 x 2 bytes = 4.3 GB per bf16 activation with several alive at once (~13 GB untiled; the
+# tiled decode brings it under 2 GB), and the DiT sees 128 x 128 = 16384 tokens. At 8192 one such
+# activation alone is 17 GB: no 24 GB card decodes it, and a typo (100000) would allocate until the
+# machine runs out of memory instead of failing at once.
+MAX_IMAGE_SIDE = 4096
+# SANA-Sprint is one step-adaptive model for 1, 2 and 4 steps (paper); more only cost time. The
+# limit of `steps` and of the length of an explicit schedule, in the core, the CLI and the nodes.
+MAX_STEPS = 4
+
 # --- Text -----------------------------------------------------------------------------------------
 # Caption token budget (`model_max_length: 300`).
 MAX_TEXT_TOKENS = 300
@@ -191,7 +202,7 @@ SCRIBBLE_PAD_DEFAULT_SIZE = 1024
 # Canvas sides are multiples of the DC-AE downscale (LATENT_DOWNSCALE, 32) within these bounds, so a
 # scribble maps onto a latent grid without resizing. The upper bound equals the empty latent node's.
 SCRIBBLE_PAD_MIN_SIZE = 64
-SCRIBBLE_PAD_MAX_SIZE = 4096
+SCRIBBLE_PAD_MAX_SIZE = MAX_IMAGE_SIDE
 # Subfolder of ComfyUI's input folder that the pad's canvas uploads its PNGs into. The frontend has
 # the same value in web/lib/constants.js (a test checks that both agree).
 SCRIBBLE_PAD_UPLOAD_SUBFOLDER = "sana_sprint"

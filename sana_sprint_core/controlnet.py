@@ -288,6 +288,11 @@ def sample_with_control(dit: SanaSprintDiT, controlnet: SanaControlNet, control_
     """`sampler.sample` with the ControlNet applied at every step (same arguments, same noise draws)."""
     if "model_kwargs" in sample_kwargs:
         raise ValueError("sample_with_control sets model_kwargs itself; call sampler.sample for custom ones")
+    values = torch.as_tensor(strength, dtype=torch.float64).flatten()
+    if values.numel() == 0 or not bool(torch.isfinite(values).all()):
+        raise ValueError(f"ControlNet strength must be a finite number (1 = as trained, 0 = off), got {strength}")
+    if not bool(torch.isfinite(control_latent).all()):
+        raise ValueError("control_latent (the encoded control image) holds NaN or infinite values; encode it again")
     model = TrigFlowModel(ControlledDiT(dit, controlnet))
     control = ControlInput(control_latent.to(text_embeds.device), strength)
     return sample(model, text_embeds, text_mask, model_kwargs={"control": control}, **sample_kwargs)

@@ -18,6 +18,8 @@ from .constants import (
     DEFAULT_GUIDANCE,
     LATENT_CHANNELS,
     LATENT_DOWNSCALE,
+    MAX_IMAGE_SIDE,
+    MAX_STEPS,
     SIGMA_DATA,
     T_HALF_PI,
     T_INTERMEDIATE_2STEP,
@@ -31,9 +33,15 @@ _T_LIMIT = T_MAX + 1e-4
 
 
 def check_image_size(width: int, height: int) -> None:
-    """Raise naming the nearest valid sizes unless both sides are positive multiples of 32."""
+    """Raise naming the nearest valid sizes unless both sides are positive multiples of 32 up to
+    MAX_IMAGE_SIDE (why that limit: constants.MAX_IMAGE_SIDE)."""
     step = LATENT_DOWNSCALE
     for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be a whole number of pixels, got {value!r}")
+        if value > MAX_IMAGE_SIDE:
+            raise ValueError(f"{name} {value} is larger than {MAX_IMAGE_SIDE}, the largest side SANA-Sprint "
+                             f"generates here (its decode would need tens of GB); use at most {MAX_IMAGE_SIDE}")
         if value <= 0 or value % step:
             lo = max(step, value // step * step)
             near = f"{lo}" if value < step else f"{lo} or {lo + step}"
@@ -57,8 +65,9 @@ def sprint_timesteps(
     one whose flow noise level is d times that of s_max: tau(s_start) = d * tau(s_max), and the
     schedule is spaced evenly below it (the intermediate time is kept when it is still below it).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS} (SANA-Sprint samples in 1, 2 or 4 "
+                         f"steps), got {steps!r}")
     if not 0.0 < max_timestep <= _T_LIMIT:
         raise ValueError(f"max_timestep must be in (0, {T_MAX}], got {max_timestep}")
     if not 0.0 < denoise <= 1.0:
@@ -84,7 +93,18 @@ def check_timesteps(timesteps: Sequence[float]) -> list[float]:
         raise ValueError(f"timesteps must lie in [0, {T_MAX}] (TrigFlow radians), got {bad}")
     if any(b >= a for a, b in zip(times, times[1:])):
         raise ValueError(f"timesteps must be strictly decreasing, got {times}")
+    if len(times) - 1 > MAX_STEPS:
+        raise ValueError(f"timesteps give {len(times) - 1} steps; SANA-Sprint samples in at most {MAX_STEPS}, "
+                         f"got {times}")
     return times
+
+
+def check_guidance(guidance) -> None:
+    """The distilled guidance scale: finite and >= 0 (a float or one value per image)."""
+    values = torch.as_tensor(guidance, dtype=torch.float64).flatten()
+    if values.numel() == 0 or not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
+        raise ValueError(f"guidance must be a finite number >= 0 (SANA-Sprint's default is {DEFAULT_GUIDANCE}), "
+                         f"got {values.tolist() if values.numel() > 1 else guidance}")
 
 
 def _make_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -187,6 +207,9 @@ def sample(
     """
     model = _as_trigflow_model(dit)
     check_image_size(width, height)
+    check_guidance(guidance)
+    if latent is not None and not bool(torch.isfinite(latent).all()):
+        raise ValueError("latent (the image to start from) holds NaN or infinite values; encode the image again")
     times = check_timesteps(timesteps) if timesteps is not None else sprint_timesteps(
         steps, max_timestep=max_timestep, intermediate_timestep=intermediate_timestep, denoise=denoise)
     batch = max(text_embeds.shape[0], 1 if latent is None else latent.shape[0])

@@ -384,6 +384,8 @@ def encode_prompt(text_encoder: TextEncoder, prompts: str | Sequence[str], *, ch
 def _prepare_prompts(prompts: str | Sequence[str], lowercase: bool) -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]
+    if prompts is None or not hasattr(prompts, "__iter__"):
+        raise TypeError(f"prompts must be a str or a list of str, got {type(prompts).__name__}")
     prompts = list(prompts)
     if not prompts:
         raise ValueError("prompts is empty; pass at least one prompt (an empty string is a valid prompt)")

@@ -148,7 +148,7 @@ def test_batch_broadcast_of_single_prompt(models):
     [
         (dict(width=1000, height=1024), r"width must be a positive multiple of 32.*got 1000; nearest valid: 992 or 1024"),
         (dict(width=1024, height=20), r"height .* got 20; nearest valid: 32"),
-        (dict(steps=0), "steps must be at least 1"),
+        (dict(steps=0), "steps must be a whole number from 1 to 4"),
         (dict(denoise=0.0), "denoise must be in"),
         (dict(max_timestep=2.0), "max_timestep must be in"),
         (dict(timesteps=[1.0, 1.2, 0]), "strictly decreasing"),
