@@ -30,6 +30,20 @@ def _request(url: str, data: dict | None = None) -> bytes:
             return r.read()
     except urllib.error.HTTPError as e:
         raise RuntimeError(f"{url}: HTTP {e.code}: {e.read().decode(errors='replace')}") from e
+    except urllib.error.URLError as e:  # nothing listening, a wrong host or port
+        raise RuntimeError(f"cannot reach ComfyUI at {url.split('/', 3)[:3][-1]} ({e.reason}); start it "
+                           "(python main.py --listen 127.0.0.1 --port 8188) or pass its address with --server") from e
+
+
+def load_prompt(path: Path) -> dict:
+    """The API-format prompt in `path`; a UI-format workflow (what ComfyUI's Save writes) is refused by name."""
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and "nodes" in data and "links" in data:
+        raise RuntimeError(f"{path} is a UI workflow (it has 'nodes' and 'links'); this script posts the API format: "
+                           f"use the twin in workflows/api/, or in ComfyUI use Workflow -> Export (API)")
+    if not isinstance(data, dict) or not all(isinstance(n, dict) and "class_type" in n for n in data.values()):
+        raise RuntimeError(f"{path} is not an API-format workflow ({{node id: {{class_type, inputs}}}})")
+    return data
 
 
 def override(prompt: dict, text: str | None, seed: int | None) -> dict:
@@ -83,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
     try:
-        prompt = override(json.loads(args.workflow.read_text()), args.prompt, args.seed)
+        prompt = override(load_prompt(args.workflow), args.prompt, args.seed)
         entry = run(args.server.rstrip("/"), prompt, args.timeout)
         for path in save_images(args.server.rstrip("/"), entry, args.out):
             print(f"wrote {path}")
