@@ -134,13 +134,26 @@ def commit(tmp: Path, state: dict, config_json: str) -> Path:
     return final
 
 
+def _latest_name(latest: Path) -> str:
+    """The checkpoint folder latest.json points at; a damaged pointer is named with the way out."""
+    fix = (f"resume from a checkpoint folder instead (--resume {latest.parent}/step_<N>), or delete {latest} "
+           "to start over")
+    try:
+        name = json.loads(latest.read_text())["checkpoint"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{latest} is damaged ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(name, str) or not (latest.parent / name / "state.json").is_file():
+        raise ValueError(f"{latest} points at {name!r}, which is not a checkpoint folder in {latest.parent}; {fix}")
+    return name
+
+
 def find(output_dir: Path, resume: str) -> Path:
     """The checkpoint folder named by `train.resume` ("latest" or a path)."""
     if resume == "latest":
         latest = Path(output_dir) / "checkpoints" / LATEST
         if not latest.is_file():
             raise FileNotFoundError(f"train.resume is 'latest' but {latest} does not exist (no checkpoint saved yet)")
-        return latest.parent / json.loads(latest.read_text())["checkpoint"]
+        return latest.parent / _latest_name(latest)
     folder = Path(resume)
     if not (folder / "state.json").is_file():
         raise FileNotFoundError(f"train.resume: {folder} is not a checkpoint folder (no state.json)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from sana_sprint_core.constants import (
     ADV_LAMBDA, CONTROLNET_BLOCKS, DISC_HEAD_BLOCKS, DISC_P_MEAN, DISC_P_STD, GRAD_CLIP, HED_SIZE_MULTIPLE,
-    LARGEST_TIMESTEP_PROB, LR_FULL, MAX_TEXT_TOKENS, SCM_CFG_SCALES, SCM_LAMBDA, SCM_P_MEAN, SCM_P_STD,
+    LARGEST_TIMESTEP_PROB, LR_FULL, MAX_IMAGE_SIDE, MAX_TEXT_TOKENS, SCM_CFG_SCALES, SCM_LAMBDA, SCM_P_MEAN, SCM_P_STD,
     SCRIBBLE_TRAIN_THICKNESS_MAX, TANGENT_NORM_EPS, TANGENT_WARMUP_STEPS,
 )
 from sana_sprint_core.controlnet import WIRINGS
@@ -228,11 +229,22 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
             raise ValueError(f"config key {key} must be one of {choices}, got {value!r}")
+    _check_finite(cfg, "")
     positive = {"model.lora_rank": cfg.model.lora_rank, "train.batch_size": cfg.train.batch_size,
-                "train.max_steps": cfg.train.max_steps, "data.resolution": cfg.data.resolution}
+                "train.max_steps": cfg.train.max_steps, "data.resolution": cfg.data.resolution,
+                "optim.lr": cfg.optim.lr, "optim.disc_lr": cfg.optim.disc_lr, "optim.grad_clip": cfg.optim.grad_clip,
+                "optim.eps": cfg.optim.eps, "prepare.lr": cfg.prepare.lr, "model.lora_alpha": cfg.model.lora_alpha}
     for key, value in positive.items():
-        if value <= 0:
+        if value is not None and value <= 0:
             raise ValueError(f"config key {key} must be positive, got {value}")
+    non_negative = {"optim.weight_decay": cfg.optim.weight_decay, "optim.warmup_steps": cfg.optim.warmup_steps,
+                    "distill.scm_lambda": cfg.distill.scm_lambda, "distill.adv_lambda": cfg.distill.adv_lambda}
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ValueError(f"config key {key} must be >= 0, got {value}")
+    if cfg.data.resolution > MAX_IMAGE_SIDE:
+        raise ValueError(f"config key data.resolution must be at most {MAX_IMAGE_SIDE} (the largest side the "
+                         f"sampler and DC-AE accept), got {cfg.data.resolution}")
     if cfg.data.resolution % 32:
         raise ValueError(f"config key data.resolution must be a multiple of 32, got {cfg.data.resolution}")
     if cfg.train.mixed_precision == "no" and cfg.model.weights_dtype != "fp32":
@@ -255,6 +267,20 @@ def validate(cfg: Config) -> Config:
     if len(cfg.optim.betas) != 2:
         raise ValueError(f"config key optim.betas must hold 2 numbers, got {cfg.optim.betas}")
     return cfg
+
+
+def _check_finite(section, where: str) -> None:
+    """Every float of the config, nested sections and lists included, is a finite number (YAML reads
+    .nan and .inf as floats, which would pass every range check)."""
+    for f in dataclasses.fields(section):
+        key, value = f"{where}{f.name}", getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key + ".")
+            continue
+        values = value if isinstance(value, list) else [value]
+        bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"config key {key} must be a finite number, got {value}")
 
 
 def _validate_controlnet(cfg: Config) -> None:
@@ -329,11 +355,17 @@ def load_config(path: str | Path) -> Config:
         raise FileNotFoundError(f"config file not found: {path}")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
     elif path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        values = yaml.safe_load(text) or {}
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path} is not valid YAML: {e}") from None
     else:
         raise ValueError(f"config file {path} must end in .yaml, .yml or .json")
     return config_from_dict(values)

@@ -8,8 +8,10 @@ in one error.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _REPEAT_DIR = re.compile(r"^(\d+)_(.+)$")
 # Bucket aspect ratios (height / width) span 1:4 .. 4:1, as PixArt/SANA's ASPECT_RATIO_1024 table.
 MAX_ASPECT = 4.0
+# A training image upscaled by more than this to its bucket (its sides less than half the training
+# size) is named in a warning: it trains the model on an interpolated blur.
+UPSCALE_WARNING = 2.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,18 @@ def scan_folder(image_dir: str | Path, caption_ext: str = ".txt", check_images: 
     return Scan(root, items, missing, corrupt)
 
 
+def folder_digest(root: str | Path) -> str:
+    """sha256 of every file's relative path, size and modification time under `root`: an added, removed
+    or edited image or caption changes it (the CLI cache and the Dataset node both rebuild on a change)."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            digest.update(f"{p.relative_to(root).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def scan_dataset(image_dir: str | Path, caption_ext: str = ".txt", check_images: bool = True) -> list[Item]:
     """All images under `image_dir` with their captions; raise listing every bad file by name."""
     scan = scan_folder(image_dir, caption_ext, check_images)
@@ -129,6 +146,10 @@ def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
     with Image.open(path) as im:
         im = im.convert("RGB")
         scale = max(h / im.height, w / im.width)
+        if scale > UPSCALE_WARNING:
+            warnings.warn(f"training image {path} is {im.width}x{im.height} px and is upscaled {scale:.1f}x to "
+                          f"{w}x{h}: it will teach a blurred image; use images of at least {w // 2}x{h // 2} px or a "
+                          "lower resolution", stacklevel=2)
         rw, rh = max(w, round(im.width * scale)), max(h, round(im.height * scale))
         im = im.resize((rw, rh), Image.Resampling.LANCZOS)
         left, top = (rw - w) // 2, (rh - h) // 2

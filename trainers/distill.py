@@ -324,8 +324,32 @@ def prepare_inputs(cfg: Config, acc) -> tuple[str, str]:
     return teacher, digest
 
 
+# What a run that trained leaves in train.output_dir (docs/training.md section 1); any of them marks a
+# run there. (config.json alone is a start that failed before training; it is written again.)
+RUN_RESULTS = ("checkpoints", "sprint_lora.safetensors", "sprint_student.safetensors")
+
+
+def _run_files(out: Path) -> list[str]:
+    found = [name for name in RUN_RESULTS if (out / name).exists()]
+    losses = out / "loss.csv"
+    if losses.is_file() and len(losses.read_text().splitlines()) > 1:  # a header and at least one step
+        found.append("loss.csv")
+    return found
+
+
+def check_output_dir(cfg: Config) -> None:
+    """A new run (no resume) never replaces one: refuse a train.output_dir that holds a run's results."""
+    out = Path(cfg.train.output_dir)
+    found = _run_files(out)
+    if found and not cfg.train.resume:
+        raise FileExistsError(f"train.output_dir {out} already holds a run ({', '.join(found)}); nothing was "
+                              "changed. Continue it with --resume latest, or give this run a new train.output_dir "
+                              "(or move the old folder away)")
+
+
 def train(cfg: Config) -> Path:
     """The whole run; returns the output folder."""
+    check_output_dir(cfg)
     acc = make_accelerator(cfg)
     out = Path(cfg.train.output_dir)
     if acc.is_main_process:
@@ -378,12 +402,21 @@ def loop(run: Run, log: LossLog | None, start: int, hooks=None) -> tuple[int, bo
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(prog="python -m trainers.distill", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m trainers.distill", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML or JSON config (see docs/training.md)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--precompute-only", action="store_true", help="build the latent/text cache and exit")
     parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder (overrides train.resume)")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad config, data or paths: no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     cfg = load_config(args.config)
     if args.resume is not None:
         from dataclasses import replace

@@ -25,7 +25,7 @@ from torch import Tensor
 from sana_sprint_core.checkpoint_io import save_safetensors_atomic
 
 from .config import Config
-from .data import Item, bucket_for, load_image, scan_dataset
+from .data import Item, bucket_for, folder_digest, load_image, scan_dataset
 
 INDEX = "index.json"
 NULL = "null.safetensors"
@@ -87,7 +87,8 @@ class CacheWriter:
 def fingerprint(cfg: Config) -> dict:
     """What the cache depends on; a change means the cache is rebuilt."""
     d = cfg.data
-    out = {"image_dir": str(Path(d.image_dir).resolve()), "caption_ext": d.caption_ext, "resolution": d.resolution,
+    out = {"image_dir": str(Path(d.image_dir).resolve()), "files": folder_digest(d.image_dir) if d.image_dir else "",
+           "caption_ext": d.caption_ext, "resolution": d.resolution,
            "buckets": d.buckets, "text_encoder": d.text_encoder, "vae": d.vae, "max_tokens": d.max_tokens,
            "chi": d.chi, "validation_prompts": list(cfg.train.validation_prompts)}
     c = cfg.controlnet
