@@ -154,3 +154,34 @@ class Client:
             if event["type"] == "executing" and event["data"]["node"] is None:
                 return run
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+PACK = "ComfyUI-SanaSprint"
+REPO = Path(__file__).resolve().parents[2]
+INPUT_SIZE = (256, 192)  # width, height of the workflows' input photo and drawing
+
+
+def new_base(tmp_path_factory, name: str) -> Path:
+    """A ComfyUI --base-directory: this repository linked into custom_nodes/, the tiny models under
+    the shipped workflows' file names in models/."""
+    from tests.fixtures.comfy_models import write_tiny_models
+
+    base = tmp_path_factory.mktemp(name)
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
+    write_tiny_models(base / "models")
+    return base
+
+
+def write_workflow_inputs(base: Path) -> None:
+    """input/example.png (a random photo) and input/scribble.png (dark strokes on white paper), the
+    files the shipped img2img and ControlNet workflows load."""
+    import numpy as np
+    from PIL import Image
+
+    (base / "input").mkdir(exist_ok=True)
+    w, h = INPUT_SIZE
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(base / "input" / "example.png")
+    drawing = np.full((h, w, 3), 255, dtype=np.uint8)
+    drawing[60:66, 20:230] = drawing[20:170, 120:126] = 30
+    Image.fromarray(drawing).save(base / "input" / "scribble.png")

@@ -15,53 +15,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.comfy_server import ComfyServer
+from tests.e2e.browser import CHROMIUM, COMFYUI_DIR, MARKS, NODE, PLAYWRIGHT_DIR, SETTINGS, check_tools
+from tests.e2e.comfy_server import REPO, ComfyServer, new_base
 from workflows.build import ui_path
 
-REPO = Path(__file__).resolve().parents[2]
-PACK = "ComfyUI-SanaSprint"
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-PLAYWRIGHT_DIR = os.environ.get("PLAYWRIGHT_CORE_DIR", "")
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-NODE = shutil.which("node")
 SCREENSHOT = REPO / "docs" / "images" / "live_preview.png"
 WORKFLOW = ui_path("sana_sprint_live_text_to_image")
 SCRIBBLE_WORKFLOW = ui_path("sana_sprint_live_scribble_controlnet")
 
-pytestmark = [
-    pytest.mark.skipif(not COMFYUI_DIR or os.environ.get("SANA_BROWSER_E2E") != "1",
-                       reason="opt-in: set COMFYUI_DIR and SANA_BROWSER_E2E=1 (see docs/testing.md)"),
-    pytest.mark.skipif(NODE is None, reason="node (Node.js >= 20) is not installed"),
-]
-
-# No first-run template browser or dialogs over the canvas.
-SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
-            "Comfy.Workflow.ShowMissingNodesWarning": False, "Comfy.Minimap.Visible": False}
+pytestmark = MARKS
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.fixtures.comfy_models import COMFY_VAE_NAME, TINY_DCAE, write_tiny_dcae, write_tiny_models
+    from tests.fixtures.comfy_models import COMFY_VAE_NAME, TINY_DCAE, write_tiny_dcae
 
     SLOW_DCAE = dataclasses.replace(TINY_DCAE, widths=(64, 128, 128, 128, 128, 128))
 
-    if not (Path(PLAYWRIGHT_DIR) / "node_modules" / "playwright-core").is_dir():
-        pytest.fail(f"PLAYWRIGHT_CORE_DIR={PLAYWRIGHT_DIR!r} has no node_modules/playwright-core; "
-                    "run `npm install --prefix <dir> playwright-core` outside the repository")
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"no Chromium at {CHROMIUM}; `apt-get install chromium` or set CHROMIUM")
-    base = tmp_path_factory.mktemp("comfy_base_browser")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
-    write_tiny_models(base / "models")
+    check_tools()
+    base = new_base(tmp_path_factory, "comfy_base_browser")
     # A wider DC-AE: a 1024 px run then takes seconds on the CPU (about 3 s of decode instead of 0.4),
     # so the typing of step 2b reaches the server while the stale run is still executing.
     write_tiny_dcae(base / "models" / "vae" / COMFY_VAE_NAME, config=SLOW_DCAE)

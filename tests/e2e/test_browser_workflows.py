@@ -28,32 +28,17 @@ from itertools import combinations
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tests.e2e.comfy_server import ComfyServer
+from tests.e2e.browser import CHROMIUM, COMFYUI_DIR, MARKS, NODE, PLAYWRIGHT_DIR, SETTINGS, check_tools
+from tests.e2e.comfy_server import PACK, REPO, ComfyServer, new_base, write_workflow_inputs
 from workflows import build as BUILD
 
-REPO = Path(__file__).resolve().parents[2]
-PACK = "ComfyUI-SanaSprint"
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-PLAYWRIGHT_DIR = os.environ.get("PLAYWRIGHT_CORE_DIR", "")
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-NODE = shutil.which("node")
 UPDATE_IMAGES = os.environ.get("SANA_UPDATE_IMAGES") == "1"
 TEMPLATES_SCREENSHOT = REPO / "docs" / "images" / "templates.png"
 
-pytestmark = [
-    pytest.mark.skipif(not COMFYUI_DIR or os.environ.get("SANA_BROWSER_E2E") != "1",
-                       reason="opt-in: set COMFYUI_DIR and SANA_BROWSER_E2E=1 (see docs/testing.md)"),
-    pytest.mark.skipif(NODE is None, reason="node (Node.js >= 20) is not installed"),
-]
-
-SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
-            "Comfy.Workflow.ShowMissingNodesWarning": False, "Comfy.Minimap.Visible": False}
-
+pytestmark = MARKS
 
 API = {p.stem: json.loads(p.read_text()) for p in sorted((REPO / "workflows" / "api").glob("*.json"))}
 
@@ -81,20 +66,13 @@ def _ci_widgets(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.fixtures.comfy_models import write_tiny_models
     from tests.fixtures.comfy_training import write_tiny_teacher, write_training_images
 
-    base = tmp_path_factory.mktemp("comfy_base_workflows")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
-    write_tiny_models(base / "models")
+    check_tools()
+    base = new_base(tmp_path_factory, "comfy_base_workflows")
     write_tiny_teacher(base / "models")
     write_training_images(base / "input" / "sana_sprint_training")
-    pixels = (torch.rand(192, 256, 3, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8).numpy()
-    Image.fromarray(pixels).save(base / "input" / "example.png")
-    drawing = np.full((192, 256, 3), 255, dtype=np.uint8)
-    drawing[60:66, 20:230] = drawing[20:170, 120:126] = 30
-    Image.fromarray(drawing).save(base / "input" / "scribble.png")
+    write_workflow_inputs(base)
     srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log")
     try:
         srv.wait_ready("SanaSprintSampler")

@@ -25,13 +25,13 @@ from PIL import Image
 from safetensors.torch import load as load_safetensors
 
 from sana_sprint_core.constants import COMFY_DIT_NAME
-from tests.e2e.comfy_server import Client, ComfyServer
+from tests.e2e.comfy_server import INPUT_SIZE as IMG2IMG_SIZE
+from tests.e2e.comfy_server import PACK, Client, ComfyServer, new_base, write_workflow_inputs
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
 
 REPO = Path(__file__).resolve().parents[2]
-PACK = "ComfyUI-SanaSprint"
 WORKFLOWS = REPO / "workflows"
 NODE_IDS = ("SanaSprintDiTLoader", "SanaSprintTextEncoderLoader", "SanaSprintVAELoader", "SanaSprintTextEncode",
             "SanaSprintEmptyLatent", "SanaSprintSampler", "SanaSprintSCMSampler", "SanaSprintSigmas",
@@ -42,7 +42,6 @@ NODE_IDS = ("SanaSprintDiTLoader", "SanaSprintTextEncoderLoader", "SanaSprintVAE
             "SanaSprintSaveControlNet")
 # Train a model on a folder of images: run by tests/e2e/test_real_training.py with their own inputs.
 RUN_ELSEWHERE = {"sana_sprint_train_lora", "sana_sprint_train_controlnet"}
-IMG2IMG_SIZE = (256, 192)  # width, height of the generated input image
 # Widget input types; SANA_SCRIBBLE is the scribble pad's canvas, a widget of the pack's frontend extension.
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "SANA_SCRIBBLE"}
 
@@ -53,18 +52,8 @@ def _api_workflows() -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.fixtures.comfy_models import write_tiny_models
-
-    base = tmp_path_factory.mktemp("comfy_base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
-    write_tiny_models(base / "models")
-    (base / "input").mkdir()
-    pixels = np.random.default_rng(0).integers(0, 256, (IMG2IMG_SIZE[1], IMG2IMG_SIZE[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(base / "input" / "example.png")
-    drawing = np.full((IMG2IMG_SIZE[1], IMG2IMG_SIZE[0], 3), 255, dtype=np.uint8)  # dark strokes on white paper
-    drawing[60:66, 20:230] = drawing[20:170, 120:126] = 30
-    Image.fromarray(drawing).save(base / "input" / "scribble.png")
+    base = new_base(tmp_path_factory, "comfy_base")
+    write_workflow_inputs(base)
     srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log")
     srv.base = base
     try:

@@ -25,7 +25,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load as load_safetensors
 
-from tests.e2e.comfy_server import Client, ComfyServer, Run
+from tests.e2e.comfy_server import Client, ComfyServer, Run, new_base
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
@@ -43,13 +43,9 @@ SAVE_CONTROLNET = "13"  # in the ControlNet workflow (Distill and Loss Graph hav
 
 def start_server(tmp_path_factory, name: str, env: dict | None = None) -> ComfyServer:
     """A server with the pack, the tiny models, the tiny teacher and the training images."""
-    from tests.fixtures.comfy_models import write_tiny_models
     from tests.fixtures.comfy_training import write_tiny_teacher, write_training_images
 
-    base = tmp_path_factory.mktemp(name)
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
-    write_tiny_models(base / "models")
+    base = new_base(tmp_path_factory, name)
     write_tiny_teacher(base / "models")
     write_training_images(base / "input" / "sana_sprint_training")
     pixels = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8).numpy()
