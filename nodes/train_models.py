@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import comfy.lora
 import comfy.model_management as mm
 
+from ..sana_sprint_core import lora_formats
 from ..sana_sprint_core.checkpoint_io import short_list
 from ..trainers.export import FULL_MODULES, lora_base_dit
 from .comfy_model import dit_patcher, sana_dit
@@ -93,8 +94,11 @@ def _check_base(model, source: str) -> None:
                          "that already has a trained guidance embedder (a SANA-Sprint model). Connect the teacher.")
 
 
-def apply_lora(model, tensors: dict, strength: float, source: str, metadata: dict | None = None):
-    """A MODEL with the LoRA `tensors` (ComfyUI keys) added as patches at `strength`; `model` is unchanged."""
+def apply_lora(model, tensors: dict, strength: float, source: str, metadata: dict | None = None,
+               file_metadata: dict | None = None):
+    """A MODEL with the LoRA `tensors` (any format of core lora_formats) added as patches at `strength`;
+    `model` is unchanged. `metadata` (this pack's training keys) is kept on the MODEL; `file_metadata`
+    is the file's whole safetensors metadata (diffusers keeps a PEFT LoRA's alpha there)."""
     dit = sana_dit(model, "SanaSprintLoraLoader")
     if _carries_embedder(tensors) and not dit.config.guidance_embeds:
         patched = with_zero_guidance(model)
@@ -102,6 +106,10 @@ def apply_lora(model, tensors: dict, strength: float, source: str, metadata: dic
         if _carries_embedder(tensors):
             _check_base(model, source)
         patched = model.clone()
+    shapes = {k: v.shape for k, v in sana_dit(patched, "SanaSprintLoraLoader").state_dict().items()}
+    lora = lora_formats.read_lora(tensors, shapes, file_metadata, source=source)
+    lora_formats.check_against(lora, shapes, f"SANA model (width {dit.config.hidden_size})", source)
+    tensors = lora_formats.to_comfy(lora)
     key_map = comfy.lora.model_lora_keys_unet(patched.model, {})
     with _unloaded_keys() as missing:
         patches = comfy.lora.load_lora(tensors, key_map)

@@ -220,8 +220,10 @@ class SanaSprintLoraLoader(io.ComfyNode):
             display_name="SANA-Sprint Load LoRA",
             category="SanaSprint/loaders",
             description="Applies a LoRA from models/loras to a SANA-Sprint MODEL at a strength, through ComfyUI's "
-                        "LoRA patching. A LoRA distilled by SanaSprintDistill goes on its teacher (a zero guidance "
-                        "embedder is added first); every key must match, or it stops naming the ones that do not.",
+                        "LoRA patching. Reads diffusers/PEFT (alpha from the metadata), ComfyUI, kohya, OneTrainer "
+                        "and LyCORIS LoRA keys, in SANA or NVlabs module names (fused qkv split). A LoRA distilled "
+                        "by SanaSprintDistill goes on its teacher (a zero guidance embedder is added first); a LoRA "
+                        "for another base or with keys that fit nothing is refused by name, never applied in part.",
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL to apply the LoRA to (for a distilled LoRA: its teacher)."),
                 io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
@@ -246,7 +248,7 @@ class SanaSprintLoraLoader(io.ComfyNode):
         path = lora_path(lora_name)
         tensors, info = read_state_dict_with_info(path)
         meta = {k: v for k, v in info.metadata.items() if k.startswith(META_PREFIX)}
-        return io.NodeOutput(apply_lora(model, tensors, strength, f"LoRA {lora_name!r}", meta))
+        return io.NodeOutput(apply_lora(model, tensors, strength, f"LoRA {lora_name!r}", meta, info.metadata))
 
 
 def lora_path(name: str) -> Path:

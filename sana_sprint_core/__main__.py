@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from .constants import DEFAULT_GUIDANCE, MAX_STEPS, T_INTERMEDIATE_2STEP, T_MAX
 from .offload import OFFLOAD_MODES
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
                    help="low VRAM: text_encoder = Gemma on the GPU only to encode; sequential = also the DiT "
                         "block by block and the DC-AE only to decode (leanest; see docs/benchmarks.md)")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="a LoRA (diffusers/PEFT, kohya, OneTrainer or ComfyUI keys; SANA or NVlabs names) merged "
+                        "at STRENGTH (default 1, may be negative); repeat to stack")
     g.add_argument("--tiled-decode", choices=sorted(_TILED), default="auto",
                    help="decode in tiles: auto = only after running out of memory")
     return ap
@@ -96,6 +100,12 @@ def check_args(args) -> list[float] | None:
     else:
         args.steps = 2 if args.steps is None else args.steps
         sprint_timesteps(args.steps, max_timestep=args.max_timestep, intermediate_timestep=args.intermediate_timestep)
+    from .lora_formats import parse_lora_arg
+
+    args.loras = [parse_lora_arg(text) for text in args.lora]
+    missing = [path for path, _ in args.loras if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--lora: no such file: {', '.join(missing)}")
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -111,6 +121,10 @@ def generate(args) -> list:
 
     times = check_args(args)
     pipe = _load(args)
+    if args.loras:
+        from .lora_formats import apply_lora_files
+
+        apply_lora_files(pipe.dit, args.loras)
     t0 = time.perf_counter()
     images = pipe(args.prompt, width=args.width, height=args.height, steps=args.steps, guidance=args.guidance,
                   seed=args.seed, timesteps=times, max_timestep=args.max_timestep,

@@ -2,6 +2,7 @@
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -92,3 +93,40 @@ def test_prompt_cache_makes_second_encode_free(pipes):
     misses = ours.cache.misses
     ours.encode(["b", "a"])
     assert ours.cache.misses == misses and ours.cache.hits >= 2
+
+
+def test_cli_stacks_loras_of_two_formats(model_set, tmp_path):
+    """generate --lora A.safetensors --lora B.safetensors:-0.5 (a diffusers/PEFT and a kohya file) writes the
+    image of the pipeline whose DiT has both merged (core lora_formats), which differs from no LoRA."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from sana_sprint_core import lora_formats
+    from sana_sprint_core.pipeline import SprintPipeline, save_png
+
+    models, paths = model_set
+    pipe = SprintPipeline.from_files(paths["dit"], paths["text_encoder"], paths["vae"], dtype=torch.float32,
+                                     device="cpu")
+    shapes = {k: v.shape for k, v in pipe.dit.state_dict().items()}
+    g = torch.Generator().manual_seed(4)
+    out, inp = shapes["transformer_blocks.0.attn1.to_q.weight"]
+    peft_keys = {"transformer.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.randn(2, inp, generator=g),
+                 "transformer.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.randn(out, 2, generator=g)}
+    save_file(peft_keys, str(tmp_path / "a.safetensors"),
+              metadata={"lora_adapter_metadata": json.dumps({"transformer.lora_alpha": 4})})
+    kohya = {"lora_unet_transformer_blocks_1_attn2_to_v.lora_down.weight": torch.randn(2, inp, generator=g),
+             "lora_unet_transformer_blocks_1_attn2_to_v.lora_up.weight": torch.randn(out, 2, generator=g),
+             "lora_unet_transformer_blocks_1_attn2_to_v.alpha": torch.tensor(2.0)}
+    save_file(kohya, str(tmp_path / "b.safetensors"))
+    args = ["generate", "--models-dir", str(models), "--prompt", PROMPT, "--width", "96", "--height", "64",
+            "--steps", "1", "--device", "cpu", "--dtype", "fp32"]
+    assert main([*args, "--out", str(tmp_path / "plain.png")]) == 0
+    assert main([*args, "--out", str(tmp_path / "lora.png"), "--lora", str(tmp_path / "a.safetensors"),
+                 "--lora", f"{tmp_path / 'b.safetensors'}:-0.5"]) == 0
+    lora_formats.apply_lora_files(pipe.dit, [(str(tmp_path / "a.safetensors"), 1.0),
+                                             (str(tmp_path / "b.safetensors"), -0.5)])
+    save_png(pipe(PROMPT, width=96, height=64, steps=1, seed=0), tmp_path / "want.png")
+    lora, plain = np.asarray(Image.open(tmp_path / "lora.png")), np.asarray(Image.open(tmp_path / "plain.png"))
+    assert np.array_equal(lora, np.asarray(Image.open(tmp_path / "want.png")))
+    assert not np.array_equal(lora, plain)

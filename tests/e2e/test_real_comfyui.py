@@ -341,3 +341,74 @@ def test_comfy_compile_node_compiles_both_sampler_routes(client):
     for node in ("42", "31"):
         compiled = _latent(client.server, history, node)
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4 * float(eager.abs().max()))
+
+
+# --------------------------------------------------------------------------------------------------
+# LoRAs of other tools through SanaSprintLoraLoader: ComfyUI's own patching of the converted keys
+
+
+def _lora_files(folder: Path, shapes: dict) -> list[tuple[str, float]]:
+    """A diffusers/PEFT LoRA (alpha only in the metadata) on to_q/to_k/conv_inverted and a kohya LoRA
+    in NVlabs names on the fused qkv and kv projections, for the tiny Sprint DiT; (file, strength)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(11)
+    peft_keys = {}
+    for block in range(2):
+        for module in ("attn1.to_q", "attn1.to_k", "ff.conv_inverted"):
+            out, inp = shapes[f"transformer_blocks.{block}.{module}.weight"][:2]
+            name = f"transformer.transformer_blocks.{block}.{module}"
+            tail = (1, 1) if "conv" in module else ()
+            peft_keys[f"{name}.lora_A.weight"] = torch.randn(4, inp, *tail, generator=g)
+            peft_keys[f"{name}.lora_B.weight"] = torch.randn(out, 4, *tail, generator=g) * 0.1
+    meta = {"lora_adapter_metadata": json.dumps({"transformer.lora_alpha": 8, "transformer.r": 4})}
+    save_file(peft_keys, str(folder / "from_diffusers.safetensors"), metadata=meta)
+    kohya = {}
+    for block in range(2):
+        for module, rows in (("attn_qkv", 3), ("cross_attn_kv_linear", 2)):
+            width = shapes[f"transformer_blocks.{block}.attn1.to_q.weight"][1]
+            name = f"lora_unet_blocks_{block}_{module}"
+            kohya[f"{name}.lora_down.weight"] = torch.randn(2, width, generator=g)
+            kohya[f"{name}.lora_up.weight"] = torch.randn(rows * width, 2, generator=g) * 0.1
+            kohya[f"{name}.alpha"] = torch.tensor(1.0)
+    save_file(kohya, str(folder / "kohya_nvlabs.safetensors"))
+    return [("from_diffusers.safetensors", 1.0), ("kohya_nvlabs.safetensors", -0.5)]
+
+
+def test_two_loras_of_two_formats_stack_through_comfyuis_patching(client):
+    """peft (diffusers) + kohya-with-NVlabs-names LoRAs chained on the Sprint MODEL, merged by ComfyUI
+    (SanaSprintSaveStudent writes the patched weights): every weight equals our core merge."""
+    from safetensors.torch import load_file
+
+    from sana_sprint_core import lora_formats
+    from sana_sprint_core.checkpoint_io import read_state_dict_with_info
+    from sana_sprint_core.dit_loading import load_dit
+
+    base = client.server.base
+    dit_state = load_dit(base / "models" / "diffusion_models" / COMFY_DIT_NAME).state_dict()
+    loras = base / "models" / "loras"
+    loras.mkdir(parents=True, exist_ok=True)
+    files = _lora_files(loras, {k: v.shape for k, v in dit_state.items()})
+    prompt = {"1": {"class_type": "SanaSprintDiTLoader", "inputs": {"model_name": COMFY_DIT_NAME,
+                                                                    "weight_dtype": "fp32"}}}
+    source = "1"
+    for i, (name, strength) in enumerate(files):
+        prompt[f"2{i}"] = {"class_type": "SanaSprintLoraLoader",
+                           "inputs": {"model": [source, 0], "lora_name": name, "strength": strength}}
+        source = f"2{i}"
+    prompt["30"] = {"class_type": "SanaSprintSaveStudent", "inputs": {
+        "model": [source, 0], "filename_prefix": "stacked_loras", "destination": "output", "weight_dtype": "fp32"}}
+    status, answer = client.submit(prompt)
+    assert status == 200, answer
+    run = client.follow(answer["prompt_id"])
+    assert not run.of_type("execution_error"), run.of_type("execution_error")
+    saved = load_file(str(next((base / "output").glob("stacked_loras_*.safetensors"))))
+    want = dict(dit_state)
+    for name, strength in files:
+        tensors, info = read_state_dict_with_info(loras / name)
+        lora_formats.merge_into(want, lora_formats.read_lora(tensors, want.keys(), info.metadata), strength)
+    changed = [k for k in want if not torch.equal(want[k], dit_state[k])]
+    assert len(changed) == 2 * 6  # per block: attn1 q, k, v, attn2 k, v, conv_inverted (q and k by both)
+    for key in want:
+        tol = 1e-5 * max(1.0, float(want[key].abs().max()))
+        assert (saved[key].float() - want[key].float()).abs().max() <= tol, key

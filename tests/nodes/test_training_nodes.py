@@ -267,9 +267,11 @@ def test_saved_lora_loads_through_our_loader_and_changes_the_output(nodes, env, 
 
 def test_lora_loader_refuses_keys_that_match_nothing_and_a_sprint_base(nodes, env, trained, models_dir):
     loras = Path(sys.modules["folder_paths"].get_folder_paths("loras")[0])
-    extra = {**trained.lora.tensors, "diffusion_model.no_such_layer.lora_up.weight": torch.zeros(2, 2)}
+    extra = {**trained.lora.tensors, "diffusion_model.no_such_layer.lora_up.weight": torch.zeros(2, 2),
+             "diffusion_model.no_such_layer.lora_down.weight": torch.zeros(2, 2)}
     type(trained.lora)(extra, trained.lora.metadata).save(loras / "broken.safetensors")
-    with pytest.raises(ValueError, match=r"1 LoRA key\(s\) match no weight of this model: .*no_such_layer"):
+    with pytest.raises(ValueError, match=r"\(comfy format\): 1 LoRA module\(s\) name no weight of this SANA model: "
+                                         r"no_such_layer; nothing was applied"):
         run(nodes["SanaSprintLoraLoader"], model=env.teacher, lora_name="broken.safetensors", strength=1.0)
     trained.lora.save(loras / "good.safetensors")
     sprint = run(nodes["SanaSprintDiTLoader"], model_name=COMFY_DIT_NAME, weight_dtype="fp32")[0]
