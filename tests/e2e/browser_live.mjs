@@ -64,6 +64,23 @@ async function addScribbleBranch(page) {
   });
 }
 
+/** Waits until the live run in flight is executing on the server (not just queued there), so that the
+ * next edit meets a running prompt, which is interrupted (a queued one would be deleted instead). */
+async function untilExecuting(page) {
+  const deadline = Date.now() + RUN_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    const state = await page.evaluate(async () => {
+      const id = window.SanaSprintLive.queue.inFlight?.id;
+      if (!id) return "done"; // already finished: the check after typing reports it
+      const queue = await (await fetch("/queue")).json();
+      return queue.queue_running.some((item) => item[1] === id) ? "running" : "waiting";
+    });
+    if (state !== "waiting") return;
+    await page.waitForTimeout(20);
+  }
+  throw new Error("the live run never started on the server");
+}
+
 async function liveToggle(page, nodeId) {
   await page.evaluate(() => window.SanaSprintLive.refresh()); // labels each switch with its node id
   return page.locator(`input.sana-live-toggle[data-node-id="${nodeId}"]`);
@@ -149,6 +166,7 @@ async function main() {
       await page.keyboard.type(", snow", { delay: 40 });
       await page.waitForFunction(() => window.SanaSprintLive.queue.inFlight !== null, null,
         { timeout: RUN_TIMEOUT_MS, polling: 20 });
+      await untilExecuting(page); // on a loaded machine the run may still wait in the server's queue
       await page.keyboard.type(" and stars", { delay: 40 });
       result.afterStale = await waitForNewImage(page, ids.live, result.typed, "typing during a run");
       await page.waitForFunction(() => window.SanaSprintLive.queue.inFlight === null, null, { timeout: RUN_TIMEOUT_MS });
