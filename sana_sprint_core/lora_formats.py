@@ -4,8 +4,9 @@ Formats, told apart by their keys (a file mixing them is refused):
   comfy       diffusion_model.<path>.lora_down.weight / .lora_up.weight / .alpha (this pack, ComfyUI)
   kohya       lora_unet_<path, dots as underscores>.lora_down.weight / .lora_up.weight / .alpha
   onetrainer  lora_transformer_<path, dots as underscores>.lora_down.weight / .lora_up.weight / .alpha
-  lycoris     lycoris_<path, dots as underscores>.lora_down.weight / ... (SimpleTuner's LyCORIS LoRA; its
-              LoKr and LoHa keys, lokr_w1 / hada_w1_a ..., are not read yet and are refused by name)
+  lycoris     lycoris_<path, dots as underscores>.lora_down.weight / ..., or LoKr (lokr_w1, lokr_w2,
+              lokr_w1_a/_b, lokr_w2_a/_b) and LoHa (hada_w1_a/_b, hada_w2_a/_b) keys with .alpha
+              (SimpleTuner's LyCORIS; the math in lycoris.py); LoKr / LoHa keys under any prefix above
   peft        [transformer.|base_model.model.]<path>.lora_A.weight / .lora_B.weight (diffusers' and
               peft's files); the alpha is not a tensor there: diffusers keeps it in the safetensors
               metadata `lora_adapter_metadata` (JSON: transformer.lora_alpha, transformer.alpha_pattern,
@@ -35,12 +36,14 @@ from torch import Tensor
 
 from .checkpoint_io import short_list
 from .dit_keys import _map_nvlabs_key, split_tensor
+from .lycoris import LOHA_KEYS, LOKR_KEYS, TUCKER_KEYS, Diff, Hadamard, Kron, lycoris_adapter
 
-# key suffix -> (role, format family of the naming)
+# key suffix -> role (LyCORIS keys keep their own name as the role)
 _SUFFIXES = (
     (".lora_down.weight", "down"), (".lora_up.weight", "up"), (".alpha", "alpha"),
     (".lora_A.weight", "down"), (".lora_B.weight", "up"),
     (".lora_A.default.weight", "down"), (".lora_B.default.weight", "up"),
+    *((f".{k}", k) for k in (*LOKR_KEYS, *LOHA_KEYS, *TUCKER_KEYS)),
 )
 # prefix -> (format, whether module paths are written with underscores)
 _PREFIXES = (
@@ -82,13 +85,21 @@ class Adapter:
     def out_in(self) -> tuple[int, int]:
         return self.up.shape[0], self.down.flatten(1).shape[1]
 
+    def comfy(self, base: str) -> dict[str, Tensor]:
+        """ComfyUI's LoRA keys, the alpha rescaled so that ComfyUI's alpha / rank gives this scale."""
+        return {f"{base}.lora_down.weight": self.down, f"{base}.lora_up.weight": self.up,
+                f"{base}.alpha": torch.tensor(self.scale * self.rank)}
+
+
+Update = Adapter | Kron | Hadamard | Diff
+
 
 @dataclass
 class LoraFile:
-    """A parsed LoRA: the format it came in and an Adapter per DiT weight key (our names)."""
+    """A parsed LoRA: the format it came in and an update per DiT weight key (our names)."""
 
     format: str
-    adapters: dict[str, Adapter]
+    adapters: dict[str, Update]
     extra: dict[str, Tensor]  # full-weight differences (ours: the guidance embedder, `.diff` / `.diff_b`)
 
 
@@ -147,10 +158,27 @@ def _nvlabs_modules(blocks: int) -> list[str]:
     return [*top, *(f"blocks.{i}.{m}" for i in range(blocks) for m in per_block)]
 
 
-def _targets(path: str, adapter: Adapter) -> list[tuple[str, Adapter]]:
-    """Our weight key(s) for a module path in our or NVlabs names; fused NVlabs projections split."""
-    mapped = _map_nvlabs_key(path + ".weight", adapter.up, split_tensor)
-    return [(key, Adapter(adapter.down, up.contiguous(), adapter.alpha, adapter.rslora)) for key, up in mapped]
+def _targets(path: str, update: Update) -> list[tuple[str, Update]]:
+    """Our weight key(s) for a module path in our or NVlabs names. A low-rank update of a fused NVlabs
+    projection splits exactly into one per part (its up rows); a LoKr / LoHa one into full differences."""
+    if isinstance(update, Adapter):
+        mapped = _map_nvlabs_key(path + ".weight", update.up, split_tensor)
+        return [(key, Adapter(update.down, up.contiguous(), update.alpha, update.rslora)) for key, up in mapped]
+    keys = [key for key, _ in _map_nvlabs_key(path + ".weight", None, lambda v, n, k: [None] * n)]
+    if len(keys) == 1:
+        return [(keys[0], update)]
+    out, inp = update.out_in()
+    rows = update.delta(torch.Size((out, inp)))
+    return [(key, Diff(part.contiguous())) for key, part in zip(keys, split_tensor(rows, len(keys), path))]
+
+
+def _update(parts: dict[str, Tensor], alpha: float | None, rslora: bool, name: str) -> Update:
+    """The update one module's keys describe: a low-rank pair, or a LyCORIS LoKr / LoHa."""
+    if "down" in parts or "up" in parts:
+        if "down" not in parts or "up" not in parts:
+            raise ValueError(f"{name} has {sorted(parts)} but needs both down (lora_A) and up (lora_B)")
+        return Adapter(parts["down"], parts["up"], float(parts["down"].shape[0]) if alpha is None else alpha, rslora)
+    return lycoris_adapter({k: v for k, v in parts.items() if k != "alpha"}, alpha, name)
 
 
 def read_lora(tensors: Mapping[str, Tensor], weight_keys, metadata: Mapping[str, str] | None = None,
@@ -178,14 +206,10 @@ def read_lora(tensors: Mapping[str, Tensor], weight_keys, metadata: Mapping[str,
     names = module_names(weight_keys) if underscored else {}
     adapters: dict[str, Adapter] = {}
     for prefix, parts in sorted(groups.items()):
-        if "down" not in parts or "up" not in parts:
-            raise ValueError(f"{source}: {prefix} has {sorted(parts)} but needs both down (lora_A) and up (lora_B)")
         path = prefix[len(head):]
         path = names.get(path, path) if underscored else path
-        rank = parts["down"].shape[0]
         alpha = float(parts["alpha"]) if "alpha" in parts else _pattern_alpha(path, patterns, default_alpha)
-        adapter = Adapter(parts["down"], parts["up"], float(rank) if alpha is None else alpha, rslora)
-        for key, part in _targets(path, adapter):
+        for key, part in _targets(path, _update(parts, alpha, rslora, f"{source}: {prefix}")):
             if key in adapters:
                 raise ValueError(f"{source}: two entries of the file update {key}")
             adapters[key] = part
@@ -199,7 +223,7 @@ def read_lora(tensors: Mapping[str, Tensor], weight_keys, metadata: Mapping[str,
 def base_of(lora: LoraFile) -> str:
     """The base a LoRA was made for, from the width its attention projections see."""
     for key, adapter in lora.adapters.items():
-        if ".attn1.to_q." in key or ".attn1.to_out.0." in key:
+        if (".attn1.to_q." in key or ".attn1.to_out.0." in key) and isinstance(adapter, Adapter):
             width = adapter.out_in()[1]
             return BASE_WIDTHS.get(width, f"a model of width {width}")
     return "another model"
@@ -219,14 +243,11 @@ def check_against(lora: LoraFile, shapes: Mapping[str, torch.Size], model: str, 
 
 
 def to_comfy(lora: LoraFile) -> dict[str, Tensor]:
-    """ComfyUI's LoRA keys (diffusion_model.<path>.lora_down/lora_up.weight, .alpha) with the alpha
-    rescaled so that ComfyUI's alpha / rank gives this adapter's scale (rsLoRA included)."""
+    """The keys ComfyUI's weight adapters read, under diffusion_model.<path>: lora_down/lora_up/alpha
+    (the alpha rescaled for rsLoRA), LoKr and LoHa keys as they are, `.diff` for full differences."""
     out = dict(lora.extra)
-    for key, adapter in lora.adapters.items():
-        base = "diffusion_model." + key[: -len(".weight")]
-        out[base + ".lora_down.weight"] = adapter.down
-        out[base + ".lora_up.weight"] = adapter.up
-        out[base + ".alpha"] = torch.tensor(adapter.scale * adapter.rank)
+    for key, update in lora.adapters.items():
+        out.update(update.comfy("diffusion_model." + key[: -len(".weight")]))
     return out
 
 

@@ -214,3 +214,88 @@ def test_dora_metadata_is_refused():
             "transformer.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(64, 4)}
     with pytest.raises(ValueError, match="is a DoRA"):
         lora_formats.read_lora(keys, diffusers_model(TINY).state_dict().keys(), meta)
+
+
+def _lycoris_file(state: dict, tmp_path: Path) -> tuple[Path, dict]:
+    """A SimpleTuner-style LyCORIS file (lycoris_<path> keys): LoKr on to_q (decomposed w2) and to_out.0
+    (full factors), LoHa on to_k and on the 1x1 conv_inverted; and the merge expected at strength 1,
+    computed here from LyCORIS' definitions (not with lycoris.py)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(9)
+    keys, want = {}, {}
+
+    def r(*shape, s=0.3):
+        return torch.randn(*shape, generator=g) * s
+
+    for module, kind in (("attn1.to_q", "lokr_lowrank"), ("attn1.to_out.0", "lokr_full"), ("attn1.to_k", "loha"),
+                         ("ff.conv_inverted", "loha")):
+        weight = f"transformer_blocks.0.{module}.weight"
+        w = state[weight]
+        out, inp = w.shape[0], w.flatten(1).shape[1]
+        name = "lycoris_" + f"transformer_blocks.0.{module}".replace(".", "_")
+        if kind.startswith("lokr"):
+            w1 = r(4, 8)
+            keys[f"{name}.lokr_w1"] = w1
+            if kind == "lokr_lowrank":
+                a, b = r(out // 4, 2), r(2, inp // 8)
+                keys.update({f"{name}.lokr_w2_a": a, f"{name}.lokr_w2_b": b, f"{name}.alpha": torch.tensor(4.0)})
+                delta = torch.kron(w1, a @ b) * (4.0 / 2)
+            else:
+                w2 = r(out // 4, inp // 8)
+                keys[f"{name}.lokr_w2"] = w2
+                delta = torch.kron(w1, w2)  # both factors full: no alpha scaling
+        else:
+            f = {n: r(*shape) for n, shape in (("hada_w1_a", (out, 3)), ("hada_w1_b", (3, inp)),
+                                                 ("hada_w2_a", (out, 3)), ("hada_w2_b", (3, inp)))}
+            keys.update({f"{name}.{n}": v for n, v in f.items()})
+            keys[f"{name}.alpha"] = torch.tensor(6.0)
+            delta = (f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"]) * (6.0 / 3)
+        want[weight] = w + delta.reshape(w.shape)
+    path = tmp_path / "lycoris.safetensors"
+    save_file(keys, str(path))
+    return path, want
+
+
+def test_lycoris_lokr_and_loha_equal_their_definitions(tmp_path):
+    state = diffusers_model(TINY).state_dict()
+    path, want = _lycoris_file(state, tmp_path)
+    tensors, info = read_state_dict_with_info(path)
+    lora = lora_formats.read_lora(tensors, state.keys(), info.metadata)
+    assert lora.format == "lycoris" and len(lora.adapters) == 4
+    lora_formats.check_against(lora, {k: v.shape for k, v in state.items()}, "tiny SANA")
+    got = dict(state)
+    lora_formats.merge_into(got, lora, 1.0)
+    for key, value in want.items():
+        assert_fp32_close(got[key], value, key)
+    assert {k for k in got if not torch.equal(got[k], state[k])} == set(want)
+
+
+def test_lokr_on_a_fused_nvlabs_projection_becomes_exact_differences():
+    """A LoKr on blocks.0.attn.qkv: its full change, cut into the q, k and v rows."""
+    from tests.fixtures.dit import to_nvlabs_state_dict
+
+    state = diffusers_model(TINY).state_dict()
+    nv = to_nvlabs_state_dict(state)
+    g = torch.Generator().manual_seed(2)
+    w1, w2 = torch.randn(3, 2, generator=g), torch.randn(64, 32, generator=g) * 0.1
+    keys = {"diffusion_model.blocks.0.attn.qkv.lokr_w1": w1, "diffusion_model.blocks.0.attn.qkv.lokr_w2": w2}
+    merged = dict(nv)
+    merged["blocks.0.attn.qkv.weight"] = nv["blocks.0.attn.qkv.weight"] + 0.5 * torch.kron(w1, w2)
+    want = nvlabs_to_diffusers(merged, split_tensor)
+    lora = lora_formats.read_lora(keys, state.keys())
+    assert sorted(lora.adapters) == [f"transformer_blocks.0.attn1.to_{c}.weight" for c in "kqv"]
+    got = dict(state)
+    lora_formats.merge_into(got, lora, 0.5)
+    for key in got:
+        assert_fp32_close(got[key], want[key], key)
+
+
+def test_lycoris_tucker_and_incomplete_lokr_are_refused():
+    keys = diffusers_model(TINY).state_dict().keys()
+    tucker = {"lycoris_transformer_blocks_0_attn1_to_q.hada_t1": torch.zeros(1)}
+    with pytest.raises(ValueError, match=r"Tucker form \(hada_t1\) of LyCORIS is not supported"):
+        lora_formats.read_lora(tucker, keys)
+    half = {"lycoris_transformer_blocks_0_attn1_to_q.lokr_w1": torch.zeros(2, 2)}
+    with pytest.raises(ValueError, match=r"LoKr needs lokr_w2 or lokr_w2_a and lokr_w2_b"):
+        lora_formats.read_lora(half, keys)

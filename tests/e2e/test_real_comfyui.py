@@ -372,12 +372,26 @@ def _lora_files(folder: Path, shapes: dict) -> list[tuple[str, float]]:
             kohya[f"{name}.lora_up.weight"] = torch.randn(rows * width, 2, generator=g) * 0.1
             kohya[f"{name}.alpha"] = torch.tensor(1.0)
     save_file(kohya, str(folder / "kohya_nvlabs.safetensors"))
-    return [("from_diffusers.safetensors", 1.0), ("kohya_nvlabs.safetensors", -0.5)]
+    lycoris = {  # LoKr (one factor low-rank) and LoHa in block 0, a full LoKr on block 1's fused qkv
+        "lycoris_transformer_blocks_0_attn1_to_q.lokr_w1": torch.randn(4, 8, generator=g),
+        "lycoris_transformer_blocks_0_attn1_to_q.lokr_w2_a": torch.randn(16, 2, generator=g) * 0.1,
+        "lycoris_transformer_blocks_0_attn1_to_q.lokr_w2_b": torch.randn(2, 8, generator=g),
+        "lycoris_transformer_blocks_0_attn1_to_q.alpha": torch.tensor(4.0),
+        **{f"lycoris_transformer_blocks_0_attn1_to_k.{n}": torch.randn(*shape, generator=g) * 0.3
+           for n, shape in (("hada_w1_a", (64, 2)), ("hada_w1_b", (2, 64)), ("hada_w2_a", (64, 2)),
+                            ("hada_w2_b", (2, 64)))},
+        "lycoris_transformer_blocks_0_attn1_to_k.alpha": torch.tensor(2.0),
+        "lycoris_blocks_1_attn_qkv.lokr_w1": torch.randn(3, 2, generator=g),
+        "lycoris_blocks_1_attn_qkv.lokr_w2": torch.randn(64, 32, generator=g) * 0.1,
+    }
+    save_file(lycoris, str(folder / "lycoris.safetensors"))
+    return [("from_diffusers.safetensors", 1.0), ("kohya_nvlabs.safetensors", -0.5), ("lycoris.safetensors", 0.7)]
 
 
-def test_two_loras_of_two_formats_stack_through_comfyuis_patching(client):
-    """peft (diffusers) + kohya-with-NVlabs-names LoRAs chained on the Sprint MODEL, merged by ComfyUI
-    (SanaSprintSaveStudent writes the patched weights): every weight equals our core merge."""
+def test_loras_of_three_formats_stack_through_comfyuis_patching(client):
+    """peft (diffusers) + kohya-with-NVlabs-names + LyCORIS (LoKr, LoHa) files chained on the Sprint
+    MODEL, merged by ComfyUI's own weight adapters (SanaSprintSaveStudent writes the patched weights):
+    every weight equals our core merge."""
     from safetensors.torch import load_file
 
     from sana_sprint_core import lora_formats
@@ -408,7 +422,7 @@ def test_two_loras_of_two_formats_stack_through_comfyuis_patching(client):
         tensors, info = read_state_dict_with_info(loras / name)
         lora_formats.merge_into(want, lora_formats.read_lora(tensors, want.keys(), info.metadata), strength)
     changed = [k for k in want if not torch.equal(want[k], dit_state[k])]
-    assert len(changed) == 2 * 6  # per block: attn1 q, k, v, attn2 k, v, conv_inverted (q and k by both)
+    assert len(changed) == 2 * 6  # per block: attn1 q, k, v, attn2 k, v, conv_inverted (some by several files)
     for key in want:
         tol = 1e-5 * max(1.0, float(want[key].abs().max()))
         assert (saved[key].float() - want[key].float()).abs().max() <= tol, key
