@@ -27,7 +27,6 @@ from .comfy_model import dit_patcher, sana_dit
 # came out of SanaSprintDistill or SanaSprintLoraLoader; SanaSprintSaveStudent writes it to the file.
 TRAINING_METADATA_KEY = "sana_sprint_training"
 _NOT_LOADED = "lora key not loaded: "  # ComfyUI's log line for a LoRA key that matched nothing
-_EMBEDDER = tuple(f"diffusion_model.{m}." for m in FULL_MODULES)
 
 
 def release(*models) -> None:
@@ -69,7 +68,9 @@ def _unloaded_keys():
 
 
 def _carries_embedder(tensors: dict) -> bool:
-    return any(k.startswith(_EMBEDDER) for k in tensors)
+    """Whether a LoRA, in any format lora_formats reads, changes the guidance embedder."""
+    names = tuple({m for m in FULL_MODULES} | {m.replace(".", "_") for m in FULL_MODULES})
+    return any(name in k for k in tensors for name in names)
 
 
 def with_zero_guidance(model):

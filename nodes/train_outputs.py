@@ -21,7 +21,7 @@ from ..sana_sprint_core.checkpoint_io import read_state_dict_with_info, save_saf
 from ..sana_sprint_core.controlnet_loading import save_controlnet
 from ..sana_sprint_core.dit_loading import CONFIG_METADATA_KEY
 from ..trainers.controlnet import controlnet_like
-from ..trainers.export import META_PREFIX
+from ..trainers.export import LORA_FILE_FORMATS, META_PREFIX, diffusers_lora
 from ..trainers.logs import draw_losses
 from .comfy_model import sana_dit
 from .float_inputs import check_floats
@@ -126,18 +126,23 @@ class SanaSprintSaveLoRA(io.ComfyNode):
                                tooltip="loras: ComfyUI's models/loras (listed by the LoRA loaders); output: the output folder."),
                 io.Combo.Input("weight_dtype", options=list(SAVE_DTYPES), default="bf16",
                                tooltip="Precision of the saved tensors (training keeps fp32)."),
+                io.Combo.Input("file_format", options=list(LORA_FILE_FORMATS), default="comfyui",
+                               tooltip="comfyui: this pack's and ComfyUI's LoRA keys. diffusers: PEFT keys with the "
+                                       "alpha in the metadata, for SanaSprintPipeline.load_lora_weights (on the "
+                                       "teacher with a zero guidance embedder); SanaSprintLoraLoader reads both."),
             ],
             outputs=[io.String.Output(tooltip="The path of the written file.")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, lora, filename_prefix, destination, weight_dtype) -> io.NodeOutput:
+    def execute(cls, lora, filename_prefix, destination, weight_dtype, file_format="comfyui") -> io.NodeOutput:
         if lora is None:
             raise ValueError("SanaSprintSaveLoRA: no LoRA (SanaSprintDistill ran in full mode); save the student "
                              "with SanaSprintSaveStudent")
         dtype = SAVE_DTYPES[weight_dtype]
-        path = write_new(_destination("loras", destination), filename_prefix, lambda p: lora.save(p, dtype))
+        out = lora if file_format == "comfyui" else diffusers_lora(lora)
+        path = write_new(_destination("loras", destination), filename_prefix, lambda p: out.save(p, dtype))
         return _saved(path)
 
 

@@ -42,7 +42,7 @@ from .lycoris import LOHA_KEYS, LOKR_KEYS, TUCKER_KEYS, Diff, Hadamard, Kron, ly
 _SUFFIXES = (
     (".lora_down.weight", "down"), (".lora_up.weight", "up"), (".alpha", "alpha"),
     (".lora_A.weight", "down"), (".lora_B.weight", "up"),
-    (".lora_A.default.weight", "down"), (".lora_B.default.weight", "up"),
+    (".lora_A.default.weight", "down"), (".lora_B.default.weight", "up"), (".lora_B.bias", "up_bias"),
     *((f".{k}", k) for k in (*LOKR_KEYS, *LOHA_KEYS, *TUCKER_KEYS)),
 )
 # prefix -> (format, whether module paths are written with underscores)
@@ -172,6 +172,13 @@ def _targets(path: str, update: Update) -> list[tuple[str, Update]]:
     return [(key, Diff(part.contiguous())) for key, part in zip(keys, split_tensor(rows, len(keys), path))]
 
 
+def _bias_diff(parts: dict[str, Tensor], path: str) -> dict[str, Tensor]:
+    """PEFT's lora_bias (a bias on lora_B): the bias change, as the `.diff_b` key ComfyUI reads. PEFT puts
+    one on every lora_B of the file; the all-zero ones change nothing and are dropped."""
+    bias = parts.pop("up_bias", None)
+    return {} if bias is None or not bool(bias.any()) else {f"diffusion_model.{path}.diff_b": bias}
+
+
 def _update(parts: dict[str, Tensor], alpha: float | None, rslora: bool, name: str) -> Update:
     """The update one module's keys describe: a low-rank pair, or a LyCORIS LoKr / LoHa."""
     if "down" in parts or "up" in parts:
@@ -183,8 +190,10 @@ def _update(parts: dict[str, Tensor], alpha: float | None, rslora: bool, name: s
 
 def read_lora(tensors: Mapping[str, Tensor], weight_keys, metadata: Mapping[str, str] | None = None,
               peft_config: Mapping | None = None, source: str = "LoRA") -> LoraFile:
-    """Parse any format above against a DiT's weight keys (our names); raise naming unknown keys."""
-    weight_keys = set(weight_keys)
+    """Parse any format above against a DiT's weight keys (our names); raise naming unknown keys.
+    `weight_keys` None (converting a file without a model): dotted names only, not checked."""
+    check = weight_keys is not None
+    weight_keys = set(weight_keys or ())
     groups: dict[str, dict[str, Tensor]] = {}
     extra, unknown = {}, []
     for key, value in tensors.items():
@@ -209,14 +218,17 @@ def read_lora(tensors: Mapping[str, Tensor], weight_keys, metadata: Mapping[str,
         path = prefix[len(head):]
         path = names.get(path, path) if underscored else path
         alpha = float(parts["alpha"]) if "alpha" in parts else _pattern_alpha(path, patterns, default_alpha)
+        extra.update(_bias_diff(parts, path))
         for key, part in _targets(path, _update(parts, alpha, rslora, f"{source}: {prefix}")):
             if key in adapters:
                 raise ValueError(f"{source}: two entries of the file update {key}")
             adapters[key] = part
-    missing = sorted(k for k in adapters if k not in weight_keys)
+    touched = set(adapters) | {k[len("diffusion_model."):].replace(".diff_b", ".bias").replace(".diff", ".weight")
+                               for k in extra}
+    missing = sorted(touched - weight_keys) if check else []
     if missing:
         raise ValueError(f"{source} ({fmt} format): {len(missing)} LoRA module(s) name no weight of this SANA model: "
-                         f"{short_list([k[:-len('.weight')] for k in missing])}; nothing was applied")
+                         f"{short_list([k.rsplit('.', 1)[0] for k in missing])}; nothing was applied")
     return LoraFile(fmt, adapters, extra)
 
 
@@ -252,10 +264,15 @@ def to_comfy(lora: LoraFile) -> dict[str, Tensor]:
 
 
 def merge_into(state: dict[str, Tensor], lora: LoraFile, strength: float) -> None:
-    """W += strength * delta for every adapted weight of `state` (our keys), computed in float32."""
-    for key, adapter in lora.adapters.items():
+    """W += strength * delta for every adapted weight of `state` (our keys), and the full differences
+    (`.diff` of a weight, `.diff_b` of a bias), computed in float32."""
+    changes = {key: (lambda shape, a=adapter: a.delta(shape, strength)) for key, adapter in lora.adapters.items()}
+    for key, diff in lora.extra.items():
+        name = key[len("diffusion_model."):].replace(".diff_b", ".bias").replace(".diff", ".weight")
+        changes[name] = lambda shape, d=diff: (d.float() * strength).reshape(shape)
+    for key, change in changes.items():
         w = state[key]
-        state[key] = (w.float() + adapter.delta(w.shape, strength).to(w.device)).to(w.dtype)
+        state[key] = (w.float() + change(w.shape).to(w.device)).to(w.dtype)
 
 
 def parse_lora_arg(text: str) -> tuple[str, float]:
@@ -288,3 +305,55 @@ def apply_lora_files(dit, loras: list[tuple[str, float]]) -> None:
         check_against(lora, shapes, f"SANA model (width {dit.config.hidden_size})", f"LoRA {path}")
         merge_into(state, lora, strength)
     dit.load_state_dict(state, strict=True)
+
+
+def to_peft(lora: LoraFile, dtype: torch.dtype | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The diffusers / PEFT form of a low-rank LoRA: (tensors, safetensors metadata) that
+    SanaSprintPipeline.load_lora_weights reads. Keys transformer.<path>.lora_A/lora_B.weight; rank and
+    alpha in `lora_adapter_metadata` (rank_pattern / alpha_pattern where a module differs). Full weight
+    differences over a zero base (this pack's distilled guidance embedder, `.diff` / `.diff_b`) become
+    exact full-rank pairs (lora_A the identity, lora_B the weight, alpha = rank) with PEFT's lora_bias
+    carrying the bias; the base must then hold that module at zero (diffusers builds a Sprint student
+    from its teacher with a zero guidance embedder)."""
+    cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
+    tensors, ranks, alphas = {}, {}, {}
+    for key, update in lora.adapters.items():
+        if not isinstance(update, Adapter) or update.rslora:
+            kind = "rsLoRA" if isinstance(update, Adapter) else type(update).__name__
+            raise ValueError(f"{key}: only plain low-rank LoRA updates have a PEFT form (this one is {kind})")
+        path = key[: -len(".weight")]
+        tensors[f"transformer.{path}.lora_A.weight"] = cast(update.down).contiguous()
+        tensors[f"transformer.{path}.lora_B.weight"] = cast(update.up).contiguous()
+        ranks[path], alphas[path] = update.rank, update.alpha
+    biases = _full_pairs(lora.extra, tensors, ranks, alphas, cast)
+    if biases:  # lora_bias puts a bias on every lora_B: zero where the file has none
+        for path in ranks:
+            name = f"transformer.{path}.lora_B.bias"
+            tensors.setdefault(name, cast(torch.zeros(tensors[f"transformer.{path}.lora_B.weight"].shape[0])))
+    rank = max(set(ranks.values()), key=list(ranks.values()).count)
+    alpha = max(set(alphas.values()), key=list(alphas.values()).count)
+    config = {"r": rank, "lora_alpha": alpha, "target_modules": sorted(ranks),
+              "rank_pattern": {p: r for p, r in ranks.items() if r != rank},
+              "alpha_pattern": {p: a for p, a in alphas.items() if a != alpha},
+              "lora_bias": biases, "lora_dropout": 0.0, "bias": "none", "use_dora": False, "use_rslora": False,
+              "init_lora_weights": True, "fan_in_fan_out": False, "peft_type": "LORA"}
+    meta = {"format": "pt", "lora_adapter_metadata": json.dumps({f"transformer.{k}": v for k, v in config.items()})}
+    return tensors, meta
+
+
+def _full_pairs(extra: dict[str, Tensor], tensors: dict, ranks: dict, alphas: dict, cast) -> bool:
+    """Write each `.diff` (and its `.diff_b`) as an identity-factor pair; True when a bias was written."""
+    biased = False
+    for key, diff in extra.items():
+        if not key.endswith(".diff"):
+            continue
+        path = key[len("diffusion_model."): -len(".diff")]
+        inp = diff.flatten(1).shape[1]
+        tensors[f"transformer.{path}.lora_A.weight"] = cast(torch.eye(inp).reshape(inp, *diff.shape[1:]))
+        tensors[f"transformer.{path}.lora_B.weight"] = cast(diff.reshape(diff.shape[0], inp)).contiguous()
+        ranks[path], alphas[path] = inp, float(inp)
+        bias = extra.get(f"diffusion_model.{path}.diff_b")
+        if bias is not None:
+            tensors[f"transformer.{path}.lora_B.bias"] = cast(bias).contiguous()
+            biased = True
+    return biased

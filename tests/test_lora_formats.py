@@ -299,3 +299,67 @@ def test_lycoris_tucker_and_incomplete_lokr_are_refused():
     half = {"lycoris_transformer_blocks_0_attn1_to_q.lokr_w1": torch.zeros(2, 2)}
     with pytest.raises(ValueError, match=r"LoKr needs lokr_w2 or lokr_w2_a and lokr_w2_b"):
         lora_formats.read_lora(half, keys)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ours -> diffusers: the PEFT form of this pack's LoRAs
+
+
+def _distilled_like_lora(state: dict) -> lora_formats.LoraFile:
+    """A LoRA shaped like the trainer's (low rank on the attention projections, the guidance embedder as
+    `.diff` / `.diff_b` over a zero base), in ComfyUI keys, with random values."""
+    g = torch.Generator().manual_seed(12)
+    tensors = {}
+    for block in range(TINY.num_layers):
+        for module in ("attn1.to_q", "attn1.to_v", "attn2.to_out.0"):
+            out, inp = state[f"transformer_blocks.{block}.{module}.weight"].shape
+            key = f"diffusion_model.transformer_blocks.{block}.{module}"
+            tensors.update({f"{key}.lora_down.weight": torch.randn(4, inp, generator=g),
+                            f"{key}.lora_up.weight": torch.randn(out, 4, generator=g) * 0.1,
+                            f"{key}.alpha": torch.tensor(4.0 if block else 2.0)})
+    for linear in ("linear_1", "linear_2"):
+        w = state[f"time_embed.guidance_embedder.{linear}.weight"]
+        base = f"diffusion_model.time_embed.guidance_embedder.{linear}"
+        tensors[f"{base}.diff"] = torch.randn(w.shape, generator=g) * 0.05
+        tensors[f"{base}.diff_b"] = torch.randn(w.shape[0], generator=g) * 0.05
+    return lora_formats.read_lora(tensors, state.keys())
+
+
+def test_peft_export_loads_in_diffusers_with_the_same_output(tmp_path):
+    """Our LoRA (low-rank parts, alphas differing per module, and the full guidance-embedder difference)
+    written in PEFT form: diffusers' own LoRA loading on the base with a zero guidance embedder gives our
+    merged model's output."""
+    from safetensors.torch import save_file
+
+    zero_embedder = diffusers_model(TINY)
+    with torch.no_grad():
+        for p in zero_embedder.time_embed.guidance_embedder.parameters():
+            p.zero_()
+    state = zero_embedder.state_dict()
+    lora = _distilled_like_lora(state)
+    tensors, meta = lora_formats.to_peft(lora)
+    path = tmp_path / "peft.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    state_dict, metadata = diffusers.SanaSprintPipeline.lora_state_dict(str(path), return_lora_metadata=True)
+    diffusers.SanaSprintPipeline.load_lora_into_transformer(state_dict, transformer=zero_embedder, adapter_name="ours",
+                                                            metadata=metadata)
+    want = _forward(zero_embedder, True)
+    merged = dict(state)
+    lora_formats.merge_into(merged, lora, 1.0)
+    ours = SanaSprintDiT(TINY)
+    ours.load_state_dict(merged, strict=True)
+    assert_fp32_close(_forward(ours.eval(), False), want, "PEFT export in diffusers")
+    # and our own loader reads the export back to the same merge
+    again = lora_formats.read_lora(tensors, state.keys(), meta)
+    back = dict(state)
+    lora_formats.merge_into(back, again, 1.0)
+    for key in merged:
+        assert_fp32_close(back[key], merged[key], key)
+
+
+def test_peft_export_refuses_what_peft_cannot_hold():
+    state = diffusers_model(TINY).state_dict()
+    keys = {"lycoris_transformer_blocks_0_attn1_to_q.lokr_w1": torch.randn(4, 8),
+            "lycoris_transformer_blocks_0_attn1_to_q.lokr_w2": torch.randn(16, 8)}
+    with pytest.raises(ValueError, match="only plain low-rank LoRA updates have a PEFT form .*Kron"):
+        lora_formats.to_peft(lora_formats.read_lora(keys, state.keys()))

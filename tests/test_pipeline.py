@@ -130,3 +130,42 @@ def test_cli_stacks_loras_of_two_formats(model_set, tmp_path):
     lora, plain = np.asarray(Image.open(tmp_path / "lora.png")), np.asarray(Image.open(tmp_path / "plain.png"))
     assert np.array_equal(lora, np.asarray(Image.open(tmp_path / "want.png")))
     assert not np.array_equal(lora, plain)
+
+
+def test_our_lora_exported_for_diffusers_gives_the_same_image(model_set, tmp_path):
+    """A LoRA in this pack's (ComfyUI) keys, written in PEFT form by lora_formats.to_peft and loaded with
+    diffusers' SanaSprintPipeline.load_lora_weights, gives the image our pipeline makes with the original
+    file merged (generate --lora's path)."""
+    from safetensors.torch import save_file
+
+    from sana_sprint_core import lora_formats
+
+    models, paths = model_set
+    ours = SprintPipeline.from_models_dir(models, dtype=torch.float32)
+    state = ours.dit.state_dict()
+    g = torch.Generator().manual_seed(6)
+    comfy = {}
+    for block in range(2):
+        for module in ("attn1.to_q", "attn2.to_k", "ff.conv_point"):
+            w = state[f"transformer_blocks.{block}.{module}.weight"]
+            key = f"diffusion_model.transformer_blocks.{block}.{module}"
+            tail = tuple(w.shape[2:])
+            comfy[f"{key}.lora_down.weight"] = torch.randn(3, w.shape[1], *tail, generator=g)
+            comfy[f"{key}.lora_up.weight"] = torch.randn(w.shape[0], 3, *tail, generator=g) * 0.2
+            comfy[f"{key}.alpha"] = torch.tensor(6.0)
+    save_file(comfy, str(tmp_path / "ours.safetensors"))
+    tensors, meta = lora_formats.to_peft(lora_formats.read_lora(comfy, state.keys()))
+    save_file(tensors, str(tmp_path / "for_diffusers.safetensors"), metadata=meta)
+
+    ref = diffusers_pipeline(paths)
+    ref.load_lora_weights(str(tmp_path / "for_diffusers.safetensors"), adapter_name="ours")
+    kw = dict(height=64, width=96, num_inference_steps=2, guidance_scale=4.5, max_sequence_length=TOKENS,
+              intermediate_timesteps=1.3, use_resolution_binning=False, complex_human_instruction=diffusers_chi(),
+              return_dict=False)
+    want = ref(PROMPT, generator=torch.Generator().manual_seed(3), output_type="pt", **kw)[0]
+    lora_formats.apply_lora_files(ours.dit, [(str(tmp_path / "ours.safetensors"), 1.0)])
+    opts = PromptOptions(max_tokens=TOKENS, quote_style="diffusers", lowercase=True)
+    got = ours(PROMPT, width=96, height=64, steps=2, seed=3, prompt_options=opts)
+    plain = diffusers_pipeline(paths)(PROMPT, generator=torch.Generator().manual_seed(3), output_type="pt", **kw)[0]
+    assert (want - plain).abs().max() > 1e-3  # the LoRA changes the image
+    assert (got - want).abs().max().item() <= 1e-4  # the bound of the plain pipeline parity test above

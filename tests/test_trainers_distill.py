@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from sana_sprint_core.checkpoint_io import read_state_dict
+from sana_sprint_core.checkpoint_io import read_state_dict, read_state_dict_with_info
 from sana_sprint_core.dit_loading import load_dit
 from tests.fixtures.distill import one_thread  # noqa: F401 (fixture)
 from tests.fixtures.distill import trainer_config, write_synthetic_cache, write_teacher
@@ -128,3 +128,23 @@ def test_g_and_d_iterations_update_only_their_own_networks(workspace):
     s2, d2 = snapshot()
     assert not changed(s1, s2) and changed(d1, d2)
     assert any(k.endswith("original") for k in changed(d1, d2))  # a trained weight, not only a buffer
+
+
+def test_lora_run_also_writes_the_diffusers_form(workspace):
+    """train.export_diffusers_lora: sprint_lora_diffusers.safetensors (PEFT keys) beside the ComfyUI file;
+    both, merged into the teacher with a zero guidance embedder, give the exported merged student."""
+    from sana_sprint_core import lora_formats
+    from trainers.distill import DIFFUSERS_LORA_FILE
+    from trainers.export import lora_base_dit
+
+    out = train(config_from_dict(trainer_config(workspace, train={"export_diffusers_lora": True})))
+    student = load_dit(out / STUDENT_FILE).state_dict()
+    base = lora_base_dit(load_dit(workspace / "teacher.safetensors")).state_dict()
+    for name in (LORA_FILE, DIFFUSERS_LORA_FILE):
+        tensors, info = read_state_dict_with_info(out / name)
+        lora = lora_formats.read_lora(tensors, base.keys(), info.metadata)
+        merged = dict(base)
+        lora_formats.merge_into(merged, lora, 1.0)
+        for key, value in student.items():
+            torch.testing.assert_close(merged[key], value, rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
+    assert lora.format == "peft"

@@ -140,6 +140,7 @@ class TrainConfig:
     validation_size: list = field(default_factory=lambda: [1024, 1024])
     export_dtype: str = "bf16"
     export_merged: bool = True  # LoRA mode: also write the merged full student
+    export_diffusers_lora: bool = False  # LoRA mode: also write the LoRA in diffusers' PEFT keys
     resume: str = ""  # "", "latest" or a checkpoint folder
 
 

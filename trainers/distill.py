@@ -28,7 +28,7 @@ from . import controlnet, fsdp
 from .batches import BatchStream
 from .config import Config, config_to_json, load_config, save_config
 from .discriminator import Discriminator, check_head_blocks
-from .export import export_lora, export_student, metadata, weights_sha256
+from .export import diffusers_lora, export_student, lora_file, metadata, weights_sha256
 from .logs import LossLog, plot_losses
 from .precompute import CachedDataset, cache_is_current, precompute
 from .steps import Draws, Nets, apply_update, discriminator_step, generator_step
@@ -36,6 +36,7 @@ from .student import build_pair, check_teacher, trainable_state_dict
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LORA_FILE, STUDENT_FILE = "sprint_lora.safetensors", "sprint_student.safetensors"
+DIFFUSERS_LORA_FILE = "sprint_lora_diffusers.safetensors"  # train.export_diffusers_lora
 
 
 def make_accelerator(cfg: Config):
@@ -266,7 +267,10 @@ def export(run: Run, steps: int, student=None) -> list[Path]:
     if kind == "controlnet":  # base_model: the Sprint DiT the ControlNet is for
         return [controlnet.export_controlnet(student, run.out / controlnet.CONTROLNET_FILE, meta, dtype)]
     if cfg.model.mode == "lora":
-        paths.append(export_lora(student, run.out / LORA_FILE, meta, cfg.model.lora_rank, cfg.model.lora_alpha, dtype))
+        lora = lora_file(student, meta, cfg.model.lora_rank, cfg.model.lora_alpha, dtype)
+        paths.append(lora.save(run.out / LORA_FILE))
+        if cfg.train.export_diffusers_lora:
+            paths.append(diffusers_lora(lora).save(run.out / DIFFUSERS_LORA_FILE))
     if cfg.model.mode == "full" or cfg.train.export_merged:
         paths.append(export_student(student, run.out / STUDENT_FILE, {**meta, "sana_sprint.kind": "student"}, dtype))
     return paths
@@ -326,7 +330,7 @@ def prepare_inputs(cfg: Config, acc) -> tuple[str, str]:
 
 # What a run that trained leaves in train.output_dir (docs/training.md section 1); any of them marks a
 # run there. (config.json alone is a start that failed before training; it is written again.)
-RUN_RESULTS = ("checkpoints", "sprint_lora.safetensors", "sprint_student.safetensors")
+RUN_RESULTS = ("checkpoints", LORA_FILE, STUDENT_FILE, DIFFUSERS_LORA_FILE)
 
 
 def _run_files(out: Path) -> list[str]:

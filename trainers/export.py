@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from sana_sprint_core.checkpoint_io import resolve_checkpoint, save_safetensors_atomic
 from sana_sprint_core.dit import SanaSprintDiT
 from sana_sprint_core.dit_loading import dit_from_state_dict, save_dit
+from sana_sprint_core.lora_formats import read_lora, to_peft
 
 from .student import ADAPTER_NAME, Student
 
@@ -131,10 +132,15 @@ def lora_file(student: Student, meta: dict[str, str], rank: int, alpha: float,
     return LoraFile({k: v.cpu() for k, v in tensors.items()}, {**meta, **extra})
 
 
-def export_lora(student: Student, path: str | os.PathLike, meta: dict[str, str], rank: int, alpha: float,
-                dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write the ComfyUI LoRA of a LoRA-mode student (atomic); returns the path."""
-    return lora_file(student, meta, rank, alpha, dtype).save(path)
+# The key layouts a LoRA is written in: this pack's / ComfyUI's, or diffusers' PEFT form
+# (sana_sprint_core.lora_formats.to_peft).
+LORA_FILE_FORMATS = ("comfyui", "diffusers")
+
+
+def diffusers_lora(lora: LoraFile) -> LoraFile:
+    """The same LoRA in diffusers' PEFT keys, alpha in `lora_adapter_metadata`, our metadata kept."""
+    tensors, peft_meta = to_peft(read_lora(lora.tensors, None, source="the LoRA"))
+    return LoraFile(tensors, {**lora.metadata, **peft_meta, f"{META_PREFIX}file_format": "diffusers"})
 
 
 def export_student(student: Student, path: str | os.PathLike, meta: dict[str, str],

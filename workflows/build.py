@@ -255,7 +255,7 @@ SPECS.update({
     ), (("MODEL", "MODEL"), ("SANA_LORA", "SANA_LORA"), ("LOSS_MAP", "LOSS_MAP"))),
     "SanaSprintLossGraph": Spec((_sock("loss", "LOSS_MAP"),), (("IMAGE", "IMAGE"),)),
     "SanaSprintSaveLoRA": Spec((_sock("lora", "SANA_LORA"), In("filename_prefix", "STRING"), In("destination", "COMBO"),
-                                In("weight_dtype", "COMBO")), (("STRING", "STRING"),)),
+                                In("weight_dtype", "COMBO"), In("file_format", "COMBO")), (("STRING", "STRING"),)),
 })
 
 
@@ -296,7 +296,7 @@ def train_lora() -> list[Node]:
         _precompute(TRAIN_PROMPT, "none"),
         Node(12, "SanaSprintDistill", distill),
         Node(13, "SanaSprintSaveLoRA", {"lora": (12, 1), "filename_prefix": "sana_sprint_lora",
-                                        "destination": "loras", "weight_dtype": "bf16"}),
+                                        "destination": "loras", "weight_dtype": "bf16", "file_format": "comfyui"}),
         Node(14, "SanaSprintLossGraph", {"loss": (12, 2)}),
         _prompt(TRAIN_PROMPT),
         _empty_latent(),
@@ -395,7 +395,7 @@ SIZES = {
     "SanaSprintScribblePad": (420, 520), "SanaSprintControlNetLoader": (280, 106),
     "SanaSprintHEDPreprocessor": (280, 380), "SanaSprintControlNetApply": (260, 180), "SaveImage": (320, 360),
     "LoadImage": (280, 350), "SanaSprintDataset": (300, 260), "SanaSprintPrecompute": (320, 270),
-    "SanaSprintDistill": (340, 760), "SanaSprintDistillControlNet": (340, 760), "SanaSprintSaveLoRA": (260, 110),
+    "SanaSprintDistill": (340, 760), "SanaSprintDistillControlNet": (340, 760), "SanaSprintSaveLoRA": (260, 134),
     "SanaSprintSaveControlNet": (260, 110), "SanaSprintLossGraph": (320, 300),
 }
 NODE_TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT of the frontend

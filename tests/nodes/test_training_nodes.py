@@ -265,6 +265,20 @@ def test_saved_lora_loads_through_our_loader_and_changes_the_output(nodes, env, 
     assert full.model_options["sana_sprint_training"]["sana_sprint.steps"] == "2"
 
 
+def test_lora_saved_for_diffusers_loads_back_to_the_same_student(nodes, env, trained, models_dir):
+    """file_format diffusers: PEFT keys (alpha in lora_adapter_metadata, the guidance embedder as an exact
+    full-rank pair with lora_bias); SanaSprintLoraLoader reads it back to the trained student's samples."""
+    path = run(nodes["SanaSprintSaveLoRA"], lora=trained.lora, filename_prefix="trained/peft", destination="loras",
+               weight_dtype="fp32", file_format="diffusers")[0]
+    tensors, info = read_state_dict_with_info(path)
+    assert all(k.startswith("transformer.") and ".lora_" in k for k in tensors)
+    assert json.loads(info.metadata["lora_adapter_metadata"])["transformer.lora_bias"] is True
+    assert info.metadata["sana_sprint.file_format"] == "diffusers" and "sana_sprint.steps" in info.metadata
+    loaded = run(nodes["SanaSprintLoraLoader"], model=env.teacher, lora_name="trained/peft_00001.safetensors",
+                 strength=1.0)[0]
+    torch.testing.assert_close(sample(nodes, env, loaded), sample(nodes, env, trained.student), rtol=1e-5, atol=1e-5)
+
+
 def test_lora_loader_refuses_keys_that_match_nothing_and_a_sprint_base(nodes, env, trained, models_dir):
     loras = Path(sys.modules["folder_paths"].get_folder_paths("loras")[0])
     extra = {**trained.lora.tensors, "diffusion_model.no_such_layer.lora_up.weight": torch.zeros(2, 2),
