@@ -205,6 +205,26 @@ def test_comfyui_lora_loader_loads_our_lora(server, client, trained):
     assert "lora key not loaded: diffusion_model.time_embed.guidance_embedder.linear_1.diff" in log
 
 
+def test_lora_in_diffusers_form_loads_back_in_comfyui(server, client, trained):
+    """The trained LoRA in diffusers' PEFT form (what SanaSprintSaveLoRA writes with file_format diffusers:
+    trainers.export.diffusers_lora) loads through SanaSprintLoraLoader to the ComfyUI-format file's latents."""
+    from sana_sprint_core.checkpoint_io import read_state_dict_with_info, save_safetensors_atomic
+    from trainers.export import LoraFile, diffusers_lora
+
+    loras = server.base / "models" / "loras"
+    tensors, info = read_state_dict_with_info(loras / "sana_sprint_lora_00001.safetensors")
+    peft = diffusers_lora(LoraFile(tensors, dict(info.metadata)))
+    assert all(k.startswith("transformer.") for k in peft.tensors) and "lora_adapter_metadata" in peft.metadata
+    save_safetensors_atomic(peft.tensors, loras / "e2e_peft.safetensors", metadata=peft.metadata)
+    prompt = _lora_prompt("sana_sprint_lora_00001.safetensors")
+    prompt["44"] = dict(prompt["40"], inputs={**prompt["40"]["inputs"], "lora_name": "e2e_peft.safetensors"})
+    prompt["54"] = dict(prompt["50"], inputs={**prompt["50"]["inputs"], "model": ["44", 0]})
+    prompt["64"] = {"class_type": "SaveLatent", "inputs": {"samples": ["54", 0], "filename_prefix": "latents/peft"}}
+    run, _, history = submit(client, prompt)
+    assert history["status"]["status_str"] == "success", run.of_type("execution_error")
+    torch.testing.assert_close(_latent(server, history, "64"), _latent(server, history, "60"), rtol=1e-5, atol=1e-5)
+
+
 def test_saved_student_loads_back_with_the_same_output(server, client, trained):
     base = json.loads(WORKFLOW.read_text())
     lora = {"class_type": "SanaSprintLoraLoader",
