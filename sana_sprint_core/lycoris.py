@@ -25,11 +25,23 @@ TUCKER_KEYS = ("lokr_t2", "hada_t1", "hada_t2")
 
 
 @dataclass
-class Kron:
-    """A LoKr update: kron(w1, w2) times its scale."""
+class _Lycoris:
+    """The keys of one module's LyCORIS update (without `alpha`), and its alpha."""
 
     parts: dict[str, Tensor]
     alpha: float | None
+
+    def comfy(self, base: str) -> dict[str, Tensor]:
+        """ComfyUI reads LyCORIS keys as they are, under the module's name."""
+        out = {f"{base}.{k}": v for k, v in self.parts.items()}
+        if self.alpha is not None:
+            out[f"{base}.alpha"] = torch.tensor(self.alpha)
+        return out
+
+
+@dataclass
+class Kron(_Lycoris):
+    """A LoKr update: kron(w1, w2) times its scale."""
 
     def _factor(self, n: int) -> tuple[Tensor, int | None]:
         p = self.parts
@@ -55,19 +67,10 @@ class Kron:
         w1, w2, scale = self._factors()
         return (torch.kron(w1, w2) * (strength * scale)).reshape(shape)
 
-    def comfy(self, base: str) -> dict[str, Tensor]:
-        out = {f"{base}.{k}": v for k, v in self.parts.items()}
-        if self.alpha is not None:
-            out[f"{base}.alpha"] = torch.tensor(self.alpha)
-        return out
-
 
 @dataclass
-class Hadamard:
+class Hadamard(_Lycoris):
     """A LoHa update: the elementwise product of two low-rank products, times alpha / rank."""
-
-    parts: dict[str, Tensor]
-    alpha: float | None
 
     def out_in(self) -> tuple[int, int]:
         return self.parts["hada_w1_a"].shape[0], self.parts["hada_w1_b"].flatten(1).shape[1]
@@ -77,12 +80,6 @@ class Hadamard:
         d = (p["hada_w1_a"] @ p["hada_w1_b"]) * (p["hada_w2_a"] @ p["hada_w2_b"])
         scale = self.alpha / self.parts["hada_w1_b"].shape[0] if self.alpha is not None else 1.0
         return (d * (strength * scale)).reshape(shape)
-
-    def comfy(self, base: str) -> dict[str, Tensor]:
-        out = {f"{base}.{k}": v for k, v in self.parts.items()}
-        if self.alpha is not None:
-            out[f"{base}.alpha"] = torch.tensor(self.alpha)
-        return out
 
 
 @dataclass
