@@ -1,7 +1,7 @@
 """SanaSprintDistillControlNet: a ControlNet for a SANA-Sprint MODEL, trained inside ComfyUI.
 
 The ControlNet modes of the trainer (trainers/controlnet.py, docs/training.md section 10) through
-`trainers.controlnet.train_in_process`, with the same run folder, progress, previews, interrupt and
+`trainers.session.train_controlnet_in_process`, with the same run folder, progress, previews, interrupt and
 resume as SanaSprintDistill (train_distill.py):
   distill  teacher = a Sana ControlNet (file in models/controlnet) steering its Sana base (the base
            inside NVIDIA's HED ControlNet .pth, or `teacher_model`); student = a ControlNet on the
@@ -21,9 +21,9 @@ import comfy.model_management as mm
 
 from ..sana_sprint_core.constants import COMFY_CONTROLNET_NAME, CONTROLNET_BLOCKS
 from ..trainers.config import CONTROLNET_INITS, config_from_dict
-from ..trainers.controlnet import WEIGHT_DTYPES, control_teacher, outcome_controlnet, train_in_process
+from ..trainers.controlnet import WEIGHT_DTYPES, control_teacher, outcome_controlnet
 from ..trainers.export import layer_classes
-from ..trainers.session import outcome_metadata
+from ..trainers.session import outcome_metadata, train_controlnet_in_process
 from . import model_files
 from .comfy_model import sana_dit
 from .float_inputs import check_floats
@@ -129,7 +129,7 @@ class SanaSprintDistillControlNet(io.ComfyNode):
             teacher = _teacher(path, base, WEIGHT_DTYPES[dtype], backbone) if mode == "distill" else None
             layers = (teacher or backbone).config.num_layers  # the LADD heads read the teacher's blocks
             cfg = config_from_dict(_config(cache, output_name, dtype, (mode, init, path), backbone, layers, values))
-            outcome = finished(train_in_process(cfg, backbone, teacher, monitor.hooks(preview_every)))
+            outcome = finished(train_controlnet_in_process(cfg, backbone, teacher, monitor.hooks(preview_every)))
         net = outcome_controlnet(outcome, backbone.dtype, layer_classes(backbone)).to(mm.unet_offload_device())
         controlnet = controlnet_module(net)
         controlnet.patcher.model_options[TRAINING_METADATA_KEY] = outcome_metadata(outcome, BASE_NAME)

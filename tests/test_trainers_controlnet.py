@@ -25,6 +25,7 @@ from trainers.config import config_from_dict
 from trainers.distill import main
 from trainers.logs import read_rows
 from trainers.precompute import CacheWriter, CachedDataset
+from trainers.session import train_controlnet_in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -306,7 +307,7 @@ def test_in_process_distillation_leaves_the_callers_models_alone(workspace):
     hooks = Hooks(on_step=lambda done, total, row: seen.append((done, total, row["phase"])),
                   on_preview=lambda done, latents: previews.append(latents), preview_every=2)
     cfg = config_from_dict(cn_config(workspace, train={"output_dir": str(workspace / "inproc")}))
-    outcome = cn.train_in_process(cfg, backbone, teacher, hooks)
+    outcome = train_controlnet_in_process(cfg, backbone, teacher, hooks)
     assert seen == [(1, 2, "G"), (2, 2, "D")] and not outcome.stopped
     assert previews[0].shape == (1, 4, 4, 4) and torch.isfinite(previews[0]).all()
     assert all(torch.equal(v, frozen[k]) for k, v in backbone.state_dict().items())
@@ -315,4 +316,4 @@ def test_in_process_distillation_leaves_the_callers_models_alone(workspace):
     assert not torch.equal(net.input_block.weight, teacher.controlnet.input_block.weight.float())
     assert outcome_metadata(outcome, "backbone")["sana_sprint.kind"] == "controlnet"
     with pytest.raises(ValueError, match="controlnet.mode 'distill' needs teacher"):
-        cn.train_in_process(cfg, backbone, None)
+        train_controlnet_in_process(cfg, backbone, None)

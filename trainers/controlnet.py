@@ -128,7 +128,7 @@ def build_control_pair(cfg: Config, device, teacher: ControlledDiT | None = None
     """Student (ControlNet on the frozen backbone, with the logvar head) and, in distill mode, the teacher.
 
     `teacher` (Sana base + ControlNet) and `backbone` (Sprint DiT): already loaded modules for
-    in-process runs, used as they are (`train_in_process` passes private ones); else the config's files.
+    in-process runs, used as they are (`session.train_controlnet_in_process` passes private ones); else the config's files.
     """
     if teacher is not None and not isinstance(teacher, ControlledDiT):
         raise ValueError(f"the ControlNet modes take the teacher as a ControlledDiT (Sana base + its ControlNet), "
@@ -232,39 +232,6 @@ def controlnet_like(net: SanaControlNet, state: dict[str, Tensor], dtype: torch.
         out = type(net)(net.config, dtype=dtype, operations=operations)
     out.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     return out.eval()
-
-
-def private_controlnet(net: SanaControlNet, device) -> SanaControlNet:
-    """A ControlNet over copies-if-needed of `net`'s tensors (inference tensors are copied; autograd
-    runs through a frozen teacher ControlNet in the LADD branch), so the caller's module is untouched."""
-    from .session import _usable
-
-    state = {k: _usable(v).to(device) for k, v in net.state_dict().items()}
-    return controlnet_like(net, state, net.dtype).requires_grad_(False)
-
-
-def train_in_process(cfg: Config, backbone: SanaSprintDiT, teacher: ControlledDiT | None = None, hooks=None):
-    """A ControlNet mode in this process (a host's route, like trainers.session.train_in_process).
-
-    backbone: the loaded Sprint DiT (on the training device), e.g. a ComfyUI MODEL's; teacher: for
-    mode distill, the loaded Sana base + its ControlNet (e.g. ControlledDiT(load_controlnet_base(f),
-    load_controlnet(f))). Neither is changed: the run uses private modules over the same tensors.
-    Returns trainers.session.Outcome; `outcome_controlnet` gives the trained ControlNet.
-    """
-    from .export import state_dict_sha256
-    from .session import private_dit, run_in_process
-
-    if not enabled(cfg):
-        raise ValueError("controlnet.mode is 'off'; distil a DiT with trainers.session.train_in_process")
-    if (cfg.controlnet.mode == "distill") != (teacher is not None):
-        raise ValueError(f"controlnet.mode {cfg.controlnet.mode!r} {'needs' if teacher is None else 'takes no'} "
-                         "teacher (a ControlledDiT: the Sana base with the ControlNet to distil)")
-    device = backbone.proj_out.weight.device
-    models = {"backbone": lambda: private_dit(backbone, device)}
-    if teacher is not None:
-        models["teacher"] = lambda: ControlledDiT(private_dit(teacher.dit, device),
-                                                  private_controlnet(teacher.controlnet, device))
-    return run_in_process(cfg, device, state_dict_sha256(backbone), hooks, **models)
 
 
 def outcome_controlnet(outcome, dtype: torch.dtype = torch.float32, operations=None) -> SanaControlNet:

@@ -30,6 +30,7 @@ from .config import Config, config_to_json, load_config, save_config
 from .discriminator import Discriminator, check_head_blocks
 from .export import diffusers_lora, export_student, lora_file, metadata, weights_sha256
 from .logs import LossLog, plot_losses
+from .optim import make_optimizer
 from .precompute import CachedDataset, cache_is_current, precompute
 from .steps import Draws, Nets, apply_update, discriminator_step, generator_step
 from .student import build_pair, check_teacher, trainable_state_dict
@@ -56,14 +57,6 @@ def make_accelerator(cfg: Config):
     if acc.num_processes != world:
         raise RuntimeError(f"launched with WORLD_SIZE={world} but accelerate set up {acc.num_processes} process(es)")
     return acc
-
-
-def make_optimizer(params: list, cfg: Config, lr: float, kind: str | None = None) -> torch.optim.Optimizer:
-    """AdamW, or torch's Adafactor (factored second moments, no first moment: the memory-lean choice)."""
-    o = cfg.optim
-    if (kind or o.optimizer) == "adafactor":  # lr is relative to each parameter's RMS (torch.optim.Adafactor)
-        return torch.optim.Adafactor(params, lr=lr, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from sana_sprint_core.dit_layers import at_least_fp32
 
 from . import losses
 from .config import Config, PrepareConfig
+from .optim import make_optimizer
 from .steps import Batch, Draws
 
 PREPARED_FILE = "prepared_teacher.safetensors"
@@ -63,7 +64,6 @@ def fm_step(dit: torch.nn.Module, batch: Batch, cfg: PrepareConfig, draws: Draws
 def prepare_teacher(cfg: Config, acc) -> Path:
     """Convert and fine-tune model.teacher; writes output_dir/prepared_teacher.safetensors (reused if present)."""
     from .batches import BatchStream
-    from .distill import make_optimizer
     from .precompute import CachedDataset
     from .steps import apply_update
 

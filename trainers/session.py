@@ -28,7 +28,8 @@ from sana_sprint_core.constants import DEFAULT_GUIDANCE, TRAIN_PREVIEW_STEPS
 
 from . import checkpoint as ckpt
 from .config import Config, config_to_json, save_config
-from .controlnet import control_kwargs
+from . import controlnet
+from .controlnet import ControlledDiT, control_kwargs
 from .distill import Run, loop, resume, setup
 from .export import LoraFile, dit_like, lora_file, merged_state_dict, metadata, state_dict_sha256
 from .logs import LossLog
@@ -177,7 +178,7 @@ def train_in_process(cfg: Config, teacher, hooks: Hooks | None = None) -> Outcom
 
 
 def run_in_process(cfg: Config, device, base_hash: str, hooks: Hooks | None = None, **models) -> Outcome:
-    """The run behind `train_in_process` (and the ControlNet modes' trainers.controlnet.train_in_process):
+    """The run behind `train_in_process` (and the ControlNet modes' train_controlnet_in_process):
     `models` are setup's already loaded models (teacher / backbone), each given as a function making
     the private module, called once the run folder is checked."""
     out = Path(cfg.train.output_dir)
@@ -217,3 +218,32 @@ def outcome_student(outcome: Outcome, teacher, device) -> torch.nn.Module:
     dit = outcome.run.nets.student_core.dit
     state = {k: v.to(device) for k, v in merged_state_dict(dit).items()}
     return dit_like(teacher, state, dit.config, device)
+
+
+def private_controlnet(net, device):
+    """A ControlNet over copies-if-needed of `net`'s tensors (inference tensors are copied; autograd
+    runs through a frozen teacher ControlNet in the LADD branch), so the caller's module is untouched."""
+    state = {k: _usable(v).to(device) for k, v in net.state_dict().items()}
+    return controlnet.controlnet_like(net, state, net.dtype).requires_grad_(False)
+
+
+def train_controlnet_in_process(cfg: Config, backbone, teacher: ControlledDiT | None = None,
+                                hooks: Hooks | None = None) -> Outcome:
+    """A ControlNet mode in this process (a host's route, like train_in_process for the DiT).
+
+    backbone: the loaded Sprint DiT (on the training device), e.g. a ComfyUI MODEL's; teacher: for
+    mode distill, the loaded Sana base + its ControlNet (e.g. ControlledDiT(load_controlnet_base(f),
+    load_controlnet(f))). Neither is changed: the run uses private modules over the same tensors.
+    Returns an Outcome; controlnet.outcome_controlnet gives the trained ControlNet.
+    """
+    if not controlnet.enabled(cfg):
+        raise ValueError("controlnet.mode is 'off'; distil a DiT with trainers.session.train_in_process")
+    if (cfg.controlnet.mode == "distill") != (teacher is not None):
+        raise ValueError(f"controlnet.mode {cfg.controlnet.mode!r} {'needs' if teacher is None else 'takes no'} "
+                         "teacher (a ControlledDiT: the Sana base with the ControlNet to distil)")
+    device = backbone.proj_out.weight.device
+    models = {"backbone": lambda: private_dit(backbone, device)}
+    if teacher is not None:
+        models["teacher"] = lambda: ControlledDiT(private_dit(teacher.dit, device),
+                                                  private_controlnet(teacher.controlnet, device))
+    return run_in_process(cfg, device, state_dict_sha256(backbone), hooks, **models)
