@@ -186,6 +186,7 @@ CONFIG_CASES = [
     ("T08", {"train": {"max_steps": "many"}}, "config key train.max_steps must be int, got 'many'"),
     ("T09", {"optim": {"weight_decay": -0.1}}, "config key optim.weight_decay must be >= 0, got -0.1"),
     ("T10", {"distill": {"largest_timestep_prob": 1.5}}, r"distill.largest_timestep_prob must be in \[0, 1\]"),
+    ("T26", {"train": {"validation_steps": [1, 8]}}, r"train.validation_steps must hold step counts from 1 to 4"),
 ]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sana_sprint_core.constants import (
     ADV_LAMBDA, CONTROLNET_BLOCKS, DISC_HEAD_BLOCKS, DISC_P_MEAN, DISC_P_STD, GRAD_CLIP, HED_SIZE_MULTIPLE,
-    LARGEST_TIMESTEP_PROB, LR_FULL, MAX_IMAGE_SIDE, MAX_TEXT_TOKENS, SCM_CFG_SCALES, SCM_LAMBDA, SCM_P_MEAN, SCM_P_STD,
+    LARGEST_TIMESTEP_PROB, LR_FULL, MAX_IMAGE_SIDE, MAX_STEPS, MAX_TEXT_TOKENS, SCM_CFG_SCALES, SCM_LAMBDA, SCM_P_MEAN, SCM_P_STD,
     SCRIBBLE_TRAIN_THICKNESS_MAX, TANGENT_NORM_EPS, TANGENT_WARMUP_STEPS,
 )
 from sana_sprint_core.controlnet import WIRINGS
@@ -264,6 +264,9 @@ def validate(cfg: Config) -> Config:
     _check_numbers("distill.cfg_scales", cfg.distill.cfg_scales, float)
     _check_numbers("distill.head_blocks", cfg.distill.head_blocks, int)
     _check_numbers("train.validation_steps", cfg.train.validation_steps, int)
+    if not all(1 <= n <= MAX_STEPS for n in cfg.train.validation_steps):
+        raise ValueError(f"config key train.validation_steps must hold step counts from 1 to {MAX_STEPS} "
+                         f"(SANA-Sprint samples in 1, 2 or 4 steps), got {cfg.train.validation_steps}")
     _check_numbers("optim.betas", cfg.optim.betas, float)
     if len(cfg.optim.betas) != 2:
         raise ValueError(f"config key optim.betas must hold 2 numbers, got {cfg.optim.betas}")
