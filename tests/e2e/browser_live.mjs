@@ -164,17 +164,22 @@ async function main() {
       // newest text is run to the end.
       const beforeStale = await runs(page);
       await page.keyboard.type(", snow", { delay: 40 });
-      await page.waitForFunction(() => window.SanaSprintLive.queue.inFlight !== null, null,
-        { timeout: RUN_TIMEOUT_MS, polling: 20 });
+      // the run of this text: a new submission (the previous run may still count as in flight until
+      // its end event arrives, just after its image)
+      await page.waitForFunction((n) => window.SanaSprintLive.queue.stats.submitted > n
+        && window.SanaSprintLive.queue.inFlight !== null, beforeStale.submitted, { timeout: RUN_TIMEOUT_MS, polling: 20 });
       await untilExecuting(page); // on a loaded machine the run may still wait in the server's queue
+      await prompt.click(); // back into the prompt (the run's previews redraw the nodes around it)
+      await prompt.press("End");
       await page.keyboard.type(" and stars", { delay: 40 });
       result.afterStale = await waitForNewImage(page, ids.live, result.typed, "typing during a run");
       await page.waitForFunction(() => window.SanaSprintLive.queue.inFlight === null, null, { timeout: RUN_TIMEOUT_MS });
       const afterStale = await runs(page);
       result.interruptedRuns = afterStale.interrupted - beforeStale.interrupted;
-      check(result.interruptedRuns === 1, `typing during a run interrupted ${result.interruptedRuns} runs`);
       result.finalText = await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(id).widgets
         .find((w) => w.name === "text").value, ids.encode);
+      check(result.interruptedRuns === 1, `typing during a run interrupted ${result.interruptedRuns} runs `
+        + `(queue ${JSON.stringify(afterStale)}, prompt now ${JSON.stringify(result.finalText)})`);
 
       // 3. Draw a stroke on a scribble pad feeding a second live preview.
       const branch = ids.pad !== undefined ? { pad: ids.pad, live: ids.live } : await addScribbleBranch(page);
