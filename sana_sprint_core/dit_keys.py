@@ -167,14 +167,14 @@ def nvlabs_to_diffusers(
     for key, value in state.items():
         if key in NVLABS_DROPPED:
             continue
-        for new_key, new_value in _map_nvlabs_key(key, value, split):
+        for new_key, new_value in map_nvlabs_key(key, value, split):
             if new_key in out:
                 raise ValueError(f"{source}: NVlabs key {key!r} maps onto {new_key!r}, already present")
             out[new_key] = new_value
     return out
 
 
-def _map_nvlabs_key(key: str, value: V, split: Split) -> list[tuple[str, V]]:
+def map_nvlabs_key(key: str, value: V, split: Split) -> list[tuple[str, V]]:
     """The diffusers (key, value) pairs one NVlabs key becomes."""
     m = _BLOCK.match(key)
     if m is None:

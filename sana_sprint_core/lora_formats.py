@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint_io import short_list
-from .dit_keys import _map_nvlabs_key, split_tensor
+from .dit_keys import map_nvlabs_key, split_tensor
 from .lycoris import LOHA_KEYS, LOKR_KEYS, TUCKER_KEYS, Diff, Hadamard, Kron, lycoris_adapter
 
 # key suffix -> role (LyCORIS keys keep their own name as the role)
@@ -162,9 +162,9 @@ def _targets(path: str, update: Update) -> list[tuple[str, Update]]:
     """Our weight key(s) for a module path in our or NVlabs names. A low-rank update of a fused NVlabs
     projection splits exactly into one per part (its up rows); a LoKr / LoHa one into full differences."""
     if isinstance(update, Adapter):
-        mapped = _map_nvlabs_key(path + ".weight", update.up, split_tensor)
+        mapped = map_nvlabs_key(path + ".weight", update.up, split_tensor)
         return [(key, Adapter(update.down, up.contiguous(), update.alpha, update.rslora)) for key, up in mapped]
-    keys = [key for key, _ in _map_nvlabs_key(path + ".weight", None, lambda v, n, k: [None] * n)]
+    keys = [key for key, _ in map_nvlabs_key(path + ".weight", None, lambda v, n, k: [None] * n)]
     if len(keys) == 1:
         return [(keys[0], update)]
     out, inp = update.out_in()
@@ -213,7 +213,7 @@ def read_lora(tensors: Mapping[str, Tensor], weight_keys, metadata: Mapping[str,
     fmt, head, underscored = _format_of(set(groups))
     patterns, default_alpha, rslora = _peft_alphas(metadata, peft_config) if fmt == "peft" else ({}, None, False)
     names = module_names(weight_keys) if underscored else {}
-    adapters: dict[str, Adapter] = {}
+    adapters: dict[str, Update] = {}
     for prefix, parts in sorted(groups.items()):
         path = prefix[len(head):]
         path = names.get(path, path) if underscored else path
