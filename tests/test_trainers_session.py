@@ -102,7 +102,8 @@ def test_full_mode_student_keeps_the_teacher_layers_and_dtype(workspace):
 
 def test_run_folder_is_never_started_over_and_resumes_only_its_teacher(workspace):
     train_in_process(_cfg(workspace, "run", max_steps=2), _teacher(workspace))
-    with pytest.raises(ValueError, match=r"already holds a training run \(checkpoint at step 2\); resume it"):
+    with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoints, loss.csv\); nothing was changed. "
+                                              r"Continue it with resume on, or choose another output name"):
         train_in_process(_cfg(workspace, "run", max_steps=4), _teacher(workspace))
     other = tiny_teacher(seed=5)
     with pytest.raises(ValueError, match="was trained from another teacher"):

@@ -334,14 +334,15 @@ def _run_files(out: Path) -> list[str]:
     return found
 
 
-def check_output_dir(cfg: Config) -> None:
-    """A new run (no resume) never replaces one: refuse a train.output_dir that holds a run's results."""
+def check_output_dir(cfg: Config, how_to_resume: str = "--resume latest",
+                     how_to_start: str = "give this run a new train.output_dir (or move the old folder away)") -> None:
+    """A new run (no resume) never replaces one: refuse a train.output_dir that holds a run's results.
+    The command line and the in-process route (session, with its own words for the way out) both ask here."""
     out = Path(cfg.train.output_dir)
     found = _run_files(out)
     if found and not cfg.train.resume:
         raise FileExistsError(f"train.output_dir {out} already holds a run ({', '.join(found)}); nothing was "
-                              "changed. Continue it with --resume latest, or give this run a new train.output_dir "
-                              "(or move the old folder away)")
+                              f"changed. Continue it with {how_to_resume}, or {how_to_start}")
 
 
 def train(cfg: Config) -> Path:

@@ -30,7 +30,7 @@ from . import checkpoint as ckpt
 from .config import Config, config_to_json, save_config
 from . import controlnet
 from .controlnet import ControlledDiT, control_kwargs
-from .distill import Run, loop, resume, setup
+from .distill import Run, check_output_dir, loop, resume, setup
 from .export import LoraFile, dit_like, lora_file, merged_state_dict, metadata, state_dict_sha256
 from .logs import LossLog
 from .validation import sample_latents
@@ -143,14 +143,11 @@ class Outcome:
         return self.run.out
 
 
-def check_run_folder(out: Path, resuming: bool, base_hash: str) -> None:
-    """Refuse to start over a run that has checkpoints, and to resume one of another teacher."""
-    latest = out / "checkpoints" / ckpt.LATEST
-    if not resuming:
-        if latest.is_file():
-            step = json.loads(latest.read_text())["step"]
-            raise ValueError(f"train.output_dir {out} already holds a training run (checkpoint at step {step}); "
-                             "resume it, or choose another output name to start a new run")
+def check_run_folder(cfg: Config, base_hash: str) -> None:
+    """Refuse to start over a run (distill.check_output_dir), and to resume one of another teacher."""
+    out = Path(cfg.train.output_dir)
+    if not cfg.train.resume:
+        check_output_dir(cfg, how_to_resume="resume on", how_to_start="choose another output name to start a new run")
         return
     state = json.loads((ckpt.find(out, "latest") / "state.json").read_text())
     if state.get("base_hash") and state["base_hash"] != base_hash:
@@ -184,7 +181,7 @@ def run_in_process(cfg: Config, device, base_hash: str, hooks: Hooks | None = No
     out = Path(cfg.train.output_dir)
     if cfg.train.resume and cfg.train.resume != "latest":
         raise ValueError(f"train.resume must be '' or 'latest' in-process, got {cfg.train.resume!r}")
-    check_run_folder(out, bool(cfg.train.resume), base_hash)
+    check_run_folder(cfg, base_hash)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
     private = {name: make() for name, make in models.items()}

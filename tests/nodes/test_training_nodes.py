@@ -193,7 +193,7 @@ def test_interrupt_leaves_a_checkpoint_that_resumes_exactly(nodes, env):
     assert not stubs.STATE.interrupt  # raised through ComfyUI's throw_exception_if_processing_interrupted
     run_dir = Path(sys.modules["folder_paths"].get_output_directory()) / "sana_sprint_training" / "chunked"
     assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == 2
-    with pytest.raises(ValueError, match="already holds a training run .* resume it"):
+    with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoints, loss.csv\).* Continue it with resume on"):
         distill(nodes, env, "chunked", steps=4, preview_every=0)
     resumed = distill(nodes, env, "chunked", steps=4, preview_every=0, resume=True)
     assert resumed[2] == straight[2]  # every loss of iterations 0..3
