@@ -37,7 +37,7 @@ from .dit import BlockInputs, SanaBlock, SanaSprintDiT
 from .dit_config import DiTConfig
 from .dit_layers import CaptionProjection, RMSNorm, TimeGuidanceEmbed, mask_to_bias
 from .ops import factory_kwargs, resolve
-from .sampler import sample
+from .sampler import check_finite, sample
 from .trigflow_model import TrigFlowModel
 
 WIRINGS = ("nvlabs", "diffusers")
@@ -288,9 +288,7 @@ def sample_with_control(dit: SanaSprintDiT, controlnet: SanaControlNet, control_
     """`sampler.sample` with the ControlNet applied at every step (same arguments, same noise draws)."""
     if "model_kwargs" in sample_kwargs:
         raise ValueError("sample_with_control sets model_kwargs itself; call sampler.sample for custom ones")
-    values = torch.as_tensor(strength, dtype=torch.float64).flatten()
-    if values.numel() == 0 or not bool(torch.isfinite(values).all()):
-        raise ValueError(f"ControlNet strength must be a finite number (1 = as trained, 0 = off), got {strength}")
+    check_finite(strength, "ControlNet strength", " (1 = as trained, 0 = off)")
     if not bool(torch.isfinite(control_latent).all()):
         raise ValueError("control_latent (the encoded control image) holds NaN or infinite values; encode it again")
     model = TrigFlowModel(ControlledDiT(dit, controlnet))

@@ -99,12 +99,20 @@ def check_timesteps(timesteps: Sequence[float]) -> list[float]:
     return times
 
 
+def check_finite(value, what: str, note: str = "", *, at_least: float | None = None) -> None:
+    """A float or one value per image (any tensor): raise naming `what` unless every value is finite
+    (and >= at_least); `note` says what the value means."""
+    values = torch.as_tensor(value, dtype=torch.float64).flatten()
+    low = at_least is not None and bool((values < at_least).any())
+    if values.numel() == 0 or not bool(torch.isfinite(values).all()) or low:
+        bound = "" if at_least is None else f" >= {at_least:g}"
+        raise ValueError(f"{what} must be a finite number{bound}{note}, "
+                         f"got {values.tolist() if values.numel() > 1 else value}")
+
+
 def check_guidance(guidance) -> None:
-    """The distilled guidance scale: finite and >= 0 (a float or one value per image)."""
-    values = torch.as_tensor(guidance, dtype=torch.float64).flatten()
-    if values.numel() == 0 or not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
-        raise ValueError(f"guidance must be a finite number >= 0 (SANA-Sprint's default is {DEFAULT_GUIDANCE}), "
-                         f"got {values.tolist() if values.numel() > 1 else guidance}")
+    """The distilled guidance scale: finite and >= 0."""
+    check_finite(guidance, "guidance", f" (SANA-Sprint's default is {DEFAULT_GUIDANCE})", at_least=0)
 
 
 def _make_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
