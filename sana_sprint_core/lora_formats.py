@@ -172,6 +172,11 @@ def _targets(path: str, update: Update) -> list[tuple[str, Update]]:
     return [(key, Diff(part.contiguous())) for key, part in zip(keys, split_tensor(rows, len(keys), path))]
 
 
+def _extra_target(key: str) -> str:
+    """The DiT key a full difference changes: diffusion_model.<path>.diff -> <path>.weight, .diff_b -> .bias."""
+    return key[len("diffusion_model."):].replace(".diff_b", ".bias").replace(".diff", ".weight")
+
+
 def _bias_diff(parts: dict[str, Tensor], path: str) -> dict[str, Tensor]:
     """PEFT's lora_bias (a bias on lora_B): the bias change, as the `.diff_b` key ComfyUI reads. PEFT puts
     one on every lora_B of the file; the all-zero ones change nothing and are dropped."""
@@ -223,8 +228,7 @@ def read_lora(tensors: Mapping[str, Tensor], weight_keys, metadata: Mapping[str,
             if key in adapters:
                 raise ValueError(f"{source}: two entries of the file update {key}")
             adapters[key] = part
-    touched = set(adapters) | {k[len("diffusion_model."):].replace(".diff_b", ".bias").replace(".diff", ".weight")
-                               for k in extra}
+    touched = set(adapters) | {_extra_target(k) for k in extra}
     missing = sorted(touched - weight_keys) if check else []
     if missing:
         raise ValueError(f"{source} ({fmt} format): {len(missing)} LoRA module(s) name no weight of this SANA model: "
@@ -268,8 +272,7 @@ def merge_into(state: dict[str, Tensor], lora: LoraFile, strength: float) -> Non
     (`.diff` of a weight, `.diff_b` of a bias), computed in float32."""
     changes = {key: (lambda shape, a=adapter: a.delta(shape, strength)) for key, adapter in lora.adapters.items()}
     for key, diff in lora.extra.items():
-        name = key[len("diffusion_model."):].replace(".diff_b", ".bias").replace(".diff", ".weight")
-        changes[name] = lambda shape, d=diff: (d.float() * strength).reshape(shape)
+        changes[_extra_target(key)] = lambda shape, d=diff: (d.float() * strength).reshape(shape)
     for key, change in changes.items():
         w = state[key]
         state[key] = (w.float() + change(w.shape).to(w.device)).to(w.dtype)
@@ -307,7 +310,7 @@ def apply_lora_files(dit, loras: list[tuple[str, float]]) -> None:
     dit.load_state_dict(state, strict=True)
 
 
-def to_peft(lora: LoraFile, dtype: torch.dtype | None = None) -> tuple[dict[str, Tensor], dict[str, str]]:
+def to_peft(lora: LoraFile) -> tuple[dict[str, Tensor], dict[str, str]]:
     """The diffusers / PEFT form of a low-rank LoRA: (tensors, safetensors metadata) that
     SanaSprintPipeline.load_lora_weights reads. Keys transformer.<path>.lora_A/lora_B.weight; rank and
     alpha in `lora_adapter_metadata` (rank_pattern / alpha_pattern where a module differs). Full weight
@@ -315,21 +318,20 @@ def to_peft(lora: LoraFile, dtype: torch.dtype | None = None) -> tuple[dict[str,
     exact full-rank pairs (lora_A the identity, lora_B the weight, alpha = rank) with PEFT's lora_bias
     carrying the bias; the base must then hold that module at zero (diffusers builds a Sprint student
     from its teacher with a zero guidance embedder)."""
-    cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
     tensors, ranks, alphas = {}, {}, {}
     for key, update in lora.adapters.items():
         if not isinstance(update, Adapter) or update.rslora:
             kind = "rsLoRA" if isinstance(update, Adapter) else type(update).__name__
             raise ValueError(f"{key}: only plain low-rank LoRA updates have a PEFT form (this one is {kind})")
         path = key[: -len(".weight")]
-        tensors[f"transformer.{path}.lora_A.weight"] = cast(update.down).contiguous()
-        tensors[f"transformer.{path}.lora_B.weight"] = cast(update.up).contiguous()
+        tensors[f"transformer.{path}.lora_A.weight"] = update.down.contiguous()
+        tensors[f"transformer.{path}.lora_B.weight"] = update.up.contiguous()
         ranks[path], alphas[path] = update.rank, update.alpha
-    biases = _full_pairs(lora.extra, tensors, ranks, alphas, cast)
+    biases = _full_pairs(lora.extra, tensors, ranks, alphas)
     if biases:  # lora_bias puts a bias on every lora_B: zero where the file has none
         for path in ranks:
             name = f"transformer.{path}.lora_B.bias"
-            tensors.setdefault(name, cast(torch.zeros(tensors[f"transformer.{path}.lora_B.weight"].shape[0])))
+            tensors.setdefault(name, torch.zeros(tensors[f"transformer.{path}.lora_B.weight"].shape[0]))
     rank = max(set(ranks.values()), key=list(ranks.values()).count)
     alpha = max(set(alphas.values()), key=list(alphas.values()).count)
     config = {"r": rank, "lora_alpha": alpha, "target_modules": sorted(ranks),
@@ -341,7 +343,7 @@ def to_peft(lora: LoraFile, dtype: torch.dtype | None = None) -> tuple[dict[str,
     return tensors, meta
 
 
-def _full_pairs(extra: dict[str, Tensor], tensors: dict, ranks: dict, alphas: dict, cast) -> bool:
+def _full_pairs(extra: dict[str, Tensor], tensors: dict, ranks: dict, alphas: dict) -> bool:
     """Write each `.diff` (and its `.diff_b`) as an identity-factor pair; True when a bias was written."""
     biased = False
     for key, diff in extra.items():
@@ -349,11 +351,11 @@ def _full_pairs(extra: dict[str, Tensor], tensors: dict, ranks: dict, alphas: di
             continue
         path = key[len("diffusion_model."): -len(".diff")]
         inp = diff.flatten(1).shape[1]
-        tensors[f"transformer.{path}.lora_A.weight"] = cast(torch.eye(inp).reshape(inp, *diff.shape[1:]))
-        tensors[f"transformer.{path}.lora_B.weight"] = cast(diff.reshape(diff.shape[0], inp)).contiguous()
+        tensors[f"transformer.{path}.lora_A.weight"] = torch.eye(inp).reshape(inp, *diff.shape[1:])
+        tensors[f"transformer.{path}.lora_B.weight"] = diff.reshape(diff.shape[0], inp).contiguous()
         ranks[path], alphas[path] = inp, float(inp)
         bias = extra.get(f"diffusion_model.{path}.diff_b")
         if bias is not None:
-            tensors[f"transformer.{path}.lora_B.bias"] = cast(bias).contiguous()
+            tensors[f"transformer.{path}.lora_B.bias"] = bias.contiguous()
             biased = True
     return biased
