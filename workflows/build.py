@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -99,7 +99,6 @@ class Node:
     type: str
     values: dict  # input name -> widget value, or (source node id, output slot) for a socket
     title: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _loaders() -> list[Node]:
@@ -406,6 +405,11 @@ def _sources(node: Node) -> list[int]:
     return [node.values[i.name][0] for i in SPECS[node.type].inputs if not i.widget and i.name in node.values]
 
 
+def _users(nodes: list[Node]) -> dict[int, list[int]]:
+    """Node id -> the ids of the nodes that take one of its outputs."""
+    return {n.id: [m.id for m in nodes if n.id in _sources(m)] for n in nodes}
+
+
 def _height(node: Node) -> int:
     return NODE_TITLE_HEIGHT + SIZES[node.type][1] + GAP_Y
 
@@ -413,7 +417,7 @@ def _height(node: Node) -> int:
 def _folded(nodes: list[Node]) -> dict[int, int]:
     """Node id -> the id it is drawn under: an output node whose one input comes from a node that feeds
     nothing else (VAE Decode -> Save Image) sits below that node, in its column."""
-    users = {n.id: [m.id for m in nodes if n.id in _sources(m)] for n in nodes}
+    users = _users(nodes)
     return {n.id: _sources(n)[0] for n in nodes
             if not users[n.id] and len(set(_sources(n))) == 1 and users[_sources(n)[0]] == [n.id]}
 
@@ -426,7 +430,7 @@ def columns(nodes: list[Node]) -> dict[int, int]:
       of its inputs (one more column at the end if that is emptier)."""
     by_id = {n.id: n for n in nodes}
     under = _folded(nodes)
-    users = {n.id: [m.id for m in nodes if n.id in _sources(m)] for n in nodes}
+    users = _users(nodes)
     column: dict[int, int] = {}
 
     def depth(node_id: int) -> int:
