@@ -113,7 +113,8 @@ class SanaSprintDataset(io.ComfyNode):
                                 tooltip="Folder inside ComfyUI's input folder (or an absolute path) holding <name>.png "
                                         "/ .jpg / .jpeg / .webp / .bmp with <name>.txt captions. A subfolder named "
                                         "'N_anything' repeats its images N times."),
-                io.Int.Input("resolution", default=1024, min=2 * LATENT_DOWNSCALE, max=MAX_IMAGE_SIDE, step=LATENT_DOWNSCALE,
+                io.Int.Input("resolution", default=1024, min=2 * LATENT_DOWNSCALE, max=MAX_IMAGE_SIDE,
+                             step=LATENT_DOWNSCALE,
                              tooltip="Training resolution: every image is resized to about resolution x resolution "
                                      "pixels (its aspect bucket, sides multiples of 32). 1024 for the 1024px models."),
                 io.Boolean.Input("buckets", default=True,

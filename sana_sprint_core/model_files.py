@@ -38,7 +38,8 @@ class ModelFile:
 
     def hint_in(self, folder: Path | str) -> str:
         """Where to download it, for the model folder itself (e.g. ComfyUI's models/vae)."""
-        return f"{self.name}: download {self.what} from https://huggingface.co/{self.repo} to {Path(folder) / self.name}"
+        where = Path(folder) / self.name
+        return f"{self.name}: download {self.what} from https://huggingface.co/{self.repo} to {where}"
 
 
 # Default first: the workflows and the CLI use these names.
@@ -75,8 +76,8 @@ CONTROLNET_FILES = (
 )
 # lllyasviel's ControlNetHED_Apache2 weights (reference 5.3), in models/annotators/.
 HED_FILES = (ModelFile(HED_FILE_NAME, HED_MODEL_FOLDER, HF_ANNOTATORS, HED_FILE_NAME),)
-KINDS = {"dit": DIT_FILES, "teacher": TEACHER_FILES, "text_encoder": TEXT_ENCODER_FILES, "vae": VAE_FILES, "controlnet": CONTROLNET_FILES,
-         "hed": HED_FILES}
+KINDS = {"dit": DIT_FILES, "teacher": TEACHER_FILES, "text_encoder": TEXT_ENCODER_FILES, "vae": VAE_FILES,
+         "controlnet": CONTROLNET_FILES, "hed": HED_FILES}
 
 
 def find_model(models_dir: Path | str, kind: str) -> Path | None:

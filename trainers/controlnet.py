@@ -128,7 +128,8 @@ def build_control_pair(cfg: Config, device, teacher: ControlledDiT | None = None
     """Student (ControlNet on the frozen backbone, with the logvar head) and, in distill mode, the teacher.
 
     `teacher` (Sana base + ControlNet) and `backbone` (Sprint DiT): already loaded modules for
-    in-process runs, used as they are (`session.train_controlnet_in_process` passes private ones); else the config's files.
+    in-process runs, used as they are (`session.train_controlnet_in_process` passes private ones); else the
+    config's files.
     """
     if teacher is not None and not isinstance(teacher, ControlledDiT):
         raise ValueError(f"the ControlNet modes take the teacher as a ControlledDiT (Sana base + its ControlNet), "

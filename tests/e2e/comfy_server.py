@@ -181,7 +181,8 @@ def write_workflow_inputs(base: Path) -> None:
 
     (base / "input").mkdir(exist_ok=True)
     w, h = INPUT_SIZE
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(base / "input" / "example.png")
+    photo = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(base / "input" / "example.png")
     drawing = np.full((h, w, 3), 255, dtype=np.uint8)
     drawing[60:66, 20:230] = drawing[20:170, 120:126] = 30
     Image.fromarray(drawing).save(base / "input" / "scribble.png")
