@@ -69,7 +69,7 @@ def _unloaded_keys():
 
 def _carries_embedder(tensors: dict) -> bool:
     """Whether a LoRA, in any format lora_formats reads, changes the guidance embedder."""
-    names = tuple({m for m in FULL_MODULES} | {m.replace(".", "_") for m in FULL_MODULES})
+    names = (*FULL_MODULES, *(m.replace(".", "_") for m in FULL_MODULES))  # dotted or underscored key names
     return any(name in k for k in tensors for name in names)
 
 
