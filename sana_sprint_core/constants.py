@@ -219,8 +219,13 @@ TANGENT_WARMUP_STEPS = 4000
 LARGEST_TIMESTEP_PROB = 0.5
 # Teacher blocks carrying discriminator heads (`head_block_ids: [2, 8, 14, 19]`).
 DISC_HEAD_BLOCKS = (2, 8, 14, 19)
-# Gradient clipping of G and D (`gradient_clip: 0.1`).
-GRAD_CLIP = 0.1
+# Gradient clipping: NVlabs clips G and D at a fixed 0.1 (`gradient_clip: 0.1`; optim.grad_clip: 0.1 here).
+# The trainer's default is adaptive instead: CLIP_RATIO x the running mean of past norms (trainers/optim.py).
+CLIP_RATIO = 2.0
+# The trainer's recipe (docs/training.md, the toy tables): lr decays to LR_MIN_RATIO x lr by the last
+# update; an EMA of the weights (decay capped at EMA_MAX_DECAY, trainers/ema.py) is what gets exported.
+LR_MIN_RATIO = 0.1
+EMA_MAX_DECAY = 0.999
 # Learning rate of the full fine-tune (NVlabs CAME `lr: 2e-6`).
 LR_FULL = 2e-6
 # New CFG embedder: first linear ~ N(0, 0.02) (NVlabs SanaMS.initialize for cfg_embedder.mlp[0]).

@@ -12,7 +12,8 @@ from trainers import fsdp
 from trainers.config import DistillConfig, ModelConfig, config_from_dict
 from trainers.discriminator import Discriminator
 from trainers.export import comfy_lora_state_dict
-from trainers.steps import Draws, Nets, apply_update, discriminator_step, generator_step, scm_target
+from trainers.optim import apply_update
+from trainers.steps import Draws, Nets, discriminator_step, generator_step, scm_target
 from trainers.student import build_pair, trainable_state_dict
 
 CFG = DistillConfig(head_blocks=[0, 2], tangent_warmup_steps=10)

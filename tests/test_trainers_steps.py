@@ -9,7 +9,8 @@ from tests.fixtures.distill import one_thread  # noqa: F401 (fixture)
 from tests.fixtures.distill import tiny_batch, tiny_teacher
 from trainers.config import DistillConfig, ModelConfig
 from trainers.discriminator import Discriminator
-from trainers.steps import Draws, Nets, apply_update, discriminator_step, generator_step, scm_target
+from trainers.optim import apply_update
+from trainers.steps import Draws, Nets, discriminator_step, generator_step, scm_target
 from trainers.student import build_pair
 
 CFG = DistillConfig(head_blocks=[0, 2], tangent_warmup_steps=10)

@@ -4,7 +4,8 @@ A checkpoint is a folder `checkpoints/step_<N>/` holding safetensors only (plus 
   student.safetensors  the student's trainable tensors      disc.safetensors   heads (+ spectral-norm buffers)
   optim_g/optim_d.safetensors  optimiser tensors; their non-tensor structure in the metadata
   rng_rank<r>.safetensors  the step generator and torch's global RNG of each process
-  state.json  step, data position, counters       config.json  the resolved config
+  ema.safetensors  the EMA of the trainable tensors (train.ema)
+  state.json  step, data position, counters, clipping averages       config.json  the resolved config
 It is written under a temporary name and renamed into place (os.replace), then `latest.json`
 is replaced; a crash leaves either the old or the new checkpoint, never a half one. Tensors are
 always full: an FSDP run gathers its shards before writing and cuts them again on loading
@@ -28,6 +29,7 @@ from sana_sprint_core.checkpoint_io import (
 from .fsdp import local_like, shard_optimizer_state
 
 LATEST = "latest.json"
+EMA_FILE = "ema.safetensors"
 _TENSOR = "__tensor__:"
 
 
@@ -104,10 +106,13 @@ def begin(output_dir: Path, step: int) -> Path:
     return tmp
 
 
-def write_models(tmp: Path, trainable: dict[str, Tensor], opt_g_state: dict, disc: nn.Module | None, opt_d) -> None:
+def write_models(tmp: Path, trainable: dict[str, Tensor], opt_g_state: dict, disc: nn.Module | None, opt_d,
+                 ema: dict[str, Tensor] | None = None) -> None:
     """Trainable student tensors and the student optimiser's state dict (both full, unsharded), the heads
-    and their optimiser state into the temporary folder."""
+    and their optimiser state, and the EMA of the trainable tensors (train.ema) into the temporary folder."""
     save_safetensors_atomic({n: t.detach().cpu() for n, t in trainable.items()}, tmp / "student.safetensors")
+    if ema is not None:
+        save_safetensors_atomic({n: t.detach().cpu() for n, t in ema.items()}, tmp / EMA_FILE)
     save_nested(opt_g_state, tmp / "optim_g.safetensors")
     if disc is not None:
         save_safetensors_atomic({k: v.detach().cpu() for k, v in disc.state_dict().items()}, tmp / "disc.safetensors")
@@ -178,6 +183,17 @@ def load_models(folder: Path, student: nn.Module, disc: nn.Module | None, opt_g,
         disc_state, _ = read_state_dict_with_info(folder / "disc.safetensors")
         disc.load_state_dict(disc_state, strict=True)
         opt_d.load_state_dict(load_nested(folder / "optim_d.safetensors"))
+
+
+def load_ema(folder: Path, ema) -> None:
+    """Restore the EMA (strict); a checkpoint written with train.ema off has none: named with the way out."""
+    path = folder / EMA_FILE
+    if not path.is_file():
+        raise ValueError(f"{folder} holds no {EMA_FILE} (the run was trained with train.ema false); resume it with "
+                         "train.ema false, or start a new run to use the EMA")
+    saved, _ = read_state_dict_with_info(path)
+    ema.load_state_dict({n: local_like(v, ema.shadow[n]) if n in ema.shadow else v for n, v in saved.items()},
+                        str(path))
 
 
 def load_state(folder: Path, rank: int, generator: torch.Generator) -> dict:

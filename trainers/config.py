@@ -18,14 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sana_sprint_core.constants import (
-    ADV_LAMBDA, CONTROLNET_BLOCKS, DISC_HEAD_BLOCKS, DISC_P_MEAN, DISC_P_STD, GRAD_CLIP, HED_SIZE_MULTIPLE,
+    ADV_LAMBDA, CLIP_RATIO, CONTROLNET_BLOCKS, DISC_HEAD_BLOCKS, DISC_P_MEAN, DISC_P_STD, EMA_MAX_DECAY,
+    HED_SIZE_MULTIPLE, LR_MIN_RATIO,
     LARGEST_TIMESTEP_PROB, LR_FULL, MAX_IMAGE_SIDE, MAX_STEPS, MAX_TEXT_TOKENS, SCM_CFG_SCALES, SCM_LAMBDA,
     SCM_P_MEAN, SCM_P_STD, SCRIBBLE_TRAIN_THICKNESS_MAX, TANGENT_NORM_EPS, TANGENT_WARMUP_STEPS,
 )
 from sana_sprint_core.controlnet import WIRINGS
 
 MODES = ("lora", "full")
-OPTIMIZERS = ("adamw", "adafactor")
+OPTIMIZERS = ("adamw", "adafactor", "came")
+LR_SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16")
 DISTRIBUTED = ("ddp", "fsdp")
@@ -111,14 +113,17 @@ class DistillConfig:
 class OptimConfig:
     """Optimizers of the student (G) and discriminator heads (D)."""
 
-    optimizer: str = "adamw"  # "adamw" or "adafactor" (factored second moments, no first moment)
+    optimizer: str = "adamw"  # adamw; adafactor (factored second moments, no first moment); came (NVlabs)
     lr: float | None = None  # None: DEFAULT_LR[mode]
-    disc_lr: float | None = None  # None: same as lr
+    disc_lr: float | None = None  # None: same as lr (constant: the heads follow the student)
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     eps: float = 1e-8
-    grad_clip: float = GRAD_CLIP
+    grad_clip: float | None = None  # None: adaptive (clip_ratio x running mean norm); a number: fixed (NVlabs 0.1)
+    clip_ratio: float = CLIP_RATIO
     warmup_steps: int = 0  # linear lr warmup over G steps
+    lr_schedule: str = "cosine"  # after warmup, over the run's G updates: cosine, linear or constant
+    lr_min_ratio: float = LR_MIN_RATIO  # lr at the last update = lr_min_ratio x lr
 
 
 @dataclass
@@ -141,6 +146,8 @@ class TrainConfig:
     export_dtype: str = "bf16"
     export_merged: bool = True  # LoRA mode: also write the merged full student
     export_diffusers_lora: bool = False  # LoRA mode: also write the LoRA in diffusers' PEFT keys
+    ema: bool = True  # export, preview and validate an EMA of the trained weights (trainers/ema.py)
+    ema_max_decay: float = EMA_MAX_DECAY
     resume: str = ""  # "", "latest" or a checkpoint folder
 
 
@@ -181,6 +188,7 @@ class Config:
 
 _CHOICES = {
     "model.mode": MODES, "model.weights_dtype": WEIGHT_DTYPES, "optim.optimizer": OPTIMIZERS,
+    "optim.lr_schedule": LR_SCHEDULES,
     "prepare.optimizer": OPTIMIZERS,
     "train.mixed_precision": PRECISIONS, "train.distributed": DISTRIBUTED, "train.export_dtype": WEIGHT_DTYPES,
     "controlnet.mode": CONTROLNET_MODES, "controlnet.init": CONTROLNET_INITS, "controlnet.wiring": WIRINGS,
@@ -234,6 +242,7 @@ def validate(cfg: Config) -> Config:
     positive = {"model.lora_rank": cfg.model.lora_rank, "train.batch_size": cfg.train.batch_size,
                 "train.max_steps": cfg.train.max_steps, "data.resolution": cfg.data.resolution,
                 "optim.lr": cfg.optim.lr, "optim.disc_lr": cfg.optim.disc_lr, "optim.grad_clip": cfg.optim.grad_clip,
+                "optim.clip_ratio": cfg.optim.clip_ratio,
                 "optim.eps": cfg.optim.eps, "prepare.lr": cfg.prepare.lr, "model.lora_alpha": cfg.model.lora_alpha}
     for key, value in positive.items():
         if value is not None and value <= 0:
@@ -243,6 +252,11 @@ def validate(cfg: Config) -> Config:
     for key, value in non_negative.items():
         if value < 0:
             raise ValueError(f"config key {key} must be >= 0, got {value}")
+    if not 0.0 <= cfg.optim.lr_min_ratio <= 1.0:
+        raise ValueError(f"config key optim.lr_min_ratio must be in [0, 1] (1 = no decay), got {cfg.optim.lr_min_ratio}")
+    if not 0.0 <= cfg.train.ema_max_decay < 1.0:
+        raise ValueError(f"config key train.ema_max_decay must be in [0, 1) (0.999: about the last 1000 updates), "
+                         f"got {cfg.train.ema_max_decay}")
     if cfg.data.resolution > MAX_IMAGE_SIDE:
         raise ValueError(f"config key data.resolution must be at most {MAX_IMAGE_SIDE} (the largest side the "
                          f"sampler and DC-AE accept), got {cfg.data.resolution}")
@@ -320,10 +334,10 @@ def _validate_fsdp(cfg: Config) -> None:
     """What train.distributed 'fsdp' (trainers/fsdp.py) does not support, each with the reason."""
     if cfg.train.distributed != "fsdp":
         return
-    if cfg.optim.optimizer == "adafactor":
-        raise ValueError("train.distributed 'fsdp' needs optim.optimizer 'adamw': torch's Adafactor factors each "
-                         "weight's second moment over its rows and columns, and FSDP splits the rows across "
-                         "processes (Adafactor fails on the sharded parameters)")
+    if cfg.optim.optimizer in ("adafactor", "came"):
+        raise ValueError(f"train.distributed 'fsdp' needs optim.optimizer 'adamw': {cfg.optim.optimizer} factors "
+                         "each weight's second moment over its rows and columns, and FSDP splits the rows across "
+                         "processes (it fails on the sharded parameters)")
     if cfg.train.mixed_precision == "fp16":
         raise ValueError("train.distributed 'fsdp' supports train.mixed_precision 'bf16' or 'no', got 'fp16' "
                          "(the fp16 gradient scaler over sharded gradients is not supported here)")

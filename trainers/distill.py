@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +31,10 @@ from .config import Config, config_to_json, load_config, save_config
 from .discriminator import Discriminator, check_head_blocks
 from .export import diffusers_lora, export_student, lora_file, metadata, weights_sha256
 from .logs import LossLog, plot_losses
-from .optim import make_optimizer
+from .ema import Ema
+from .optim import Clipper, apply_update, clipper, lr_factor, make_optimizer
 from .precompute import CachedDataset, cache_is_current, precompute
-from .steps import Draws, Nets, apply_update, discriminator_step, generator_step
+from .steps import Draws, Nets, discriminator_step, generator_step
 from .student import build_pair, check_teacher, trainable_state_dict
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -76,6 +78,19 @@ class Run:
     g_steps: int = 0
     last: dict = field(default_factory=dict)
     sharded: bool = False  # the student is FSDP-sharded (train.distributed fsdp with several processes)
+    clip_g: Clipper | None = None
+    clip_d: Clipper | None = None
+    ema: Ema | None = None  # train.ema: the average of the student's trainable tensors
+
+    def __post_init__(self):
+        self.clip_g, self.clip_d = clipper(self.cfg.optim), clipper(self.cfg.optim)
+        if self.cfg.train.ema:
+            named = {n: p for n, p in self.nets.student_core.named_parameters() if p.requires_grad}
+            self.ema = Ema(named, self.cfg.train.ema_max_decay)
+
+    def averaged(self):
+        """Context in which the student holds the weights its outputs get: the EMA (train.ema), else its own."""
+        return self.ema.swapped() if self.ema is not None else nullcontext()
 
     @property
     def g_params(self) -> list:
@@ -158,9 +173,14 @@ def prepare_models(acc, student, disc, opt_g, opt_d, sharded: bool) -> tuple:
     return student_w, *prepared
 
 
+def g_updates(cfg: Config) -> int:
+    """Student updates in a run of train.max_steps iterations (LADD alternates G and D, G first)."""
+    return (cfg.train.max_steps + 1) // 2 if cfg.distill.ladd else cfg.train.max_steps
+
+
 def _set_lr(run: Run) -> float:
     o = run.cfg.optim
-    lr = o.lr * min(1.0, (run.g_steps + 1) / o.warmup_steps) if o.warmup_steps > 0 else o.lr
+    lr = o.lr * lr_factor(run.g_steps, g_updates(run.cfg), o)
     for group in run.opt_g.param_groups:
         group["lr"] = lr
     return lr
@@ -177,18 +197,28 @@ def iteration(run: Run, step: int) -> dict:
             lr = _set_lr(run)
             step_fn = controlnet.denoise_step if cfg.controlnet.mode == "train" else generator_step
             out = step_fn(run.nets, batch, cfg.distill, step, draws)
-            norm, applied = apply_update(run.opt_g, run.g_params, cfg.optim.grad_clip, acc.clip_grad_norm_)
+            clip = run.clip_g
+            norm, applied = apply_update(run.opt_g, run.g_params, clip, acc.clip_grad_norm_)
             run.g_steps += 1
+            if run.ema is not None:
+                run.ema.update(run.g_steps)
         else:
-            lr = cfg.optim.disc_lr
+            lr, clip = cfg.optim.disc_lr, run.clip_d
             out = discriminator_step(run.nets, batch, cfg.distill, draws)
-            norm, applied = apply_update(run.opt_d, run.d_params, cfg.optim.grad_clip, acc.clip_grad_norm_)
+            norm, applied = apply_update(run.opt_d, run.d_params, clip, acc.clip_grad_norm_)
     if run.sharded:
         fsdp.reshard_root(run.nets.student_core)
-    row = {"step": step, "phase": phase, "grad_norm": f"{norm:.6g}", "lr": f"{lr:.6g}", "skipped": int(not applied)}
+    row = {"step": step, "phase": phase, "grad_norm": f"{norm:.6g}", "clip_at": f"{applied.threshold:.6g}",
+           "clipped": int(applied.clipped), "lr": f"{lr:.6g}", "skipped": int(not applied)}
     for name, value in out.items():
         row[name] = repr(acc.reduce(value.float(), reduction="mean").item())
     return row
+
+
+def finish(run: Run) -> None:
+    """After the last iteration: the student keeps the weights its outputs get (the EMA, with train.ema)."""
+    if run.ema is not None:
+        run.ema.copy_to_params()
 
 
 def check_in_sync(run: Run) -> None:
@@ -213,12 +243,13 @@ def save(run: Run, next_step: int) -> Path | None:
     acc.wait_for_everyone()
     ckpt.write_rng(tmp, acc.process_index, run.generator)
     trainable, opt_g_state = student_state(run)
+    ema = None if run.ema is None else fsdp.gathered(run.ema.state_dict(), acc.is_main_process)
     acc.wait_for_everyone()
     final = None
     if acc.is_main_process:
-        ckpt.write_models(tmp, trainable, opt_g_state, run.nets.disc_core, run.opt_d)
+        ckpt.write_models(tmp, trainable, opt_g_state, run.nets.disc_core, run.opt_d, ema)
         state = {"step": next_step, "g_steps": run.g_steps, "stream": run.stream.state(),
-                 "base_hash": run.base_hash}
+                 "base_hash": run.base_hash, "clip_g": run.clip_g.state(), "clip_d": run.clip_d.state()}
         final = ckpt.commit(tmp, state, config_to_json(run.cfg))
         plot_losses(run.out / "loss.csv", run.out / "loss.png")
     acc.wait_for_everyone()
@@ -241,9 +272,13 @@ def resume(run: Run) -> int:
     """Load the checkpoint named by train.resume; returns the step to continue from."""
     folder = ckpt.find(run.out, run.cfg.train.resume)
     ckpt.load_models(folder, run.nets.student_core, run.nets.disc_core, run.opt_g, run.opt_d)
+    if run.ema is not None:
+        ckpt.load_ema(folder, run.ema)
     state = ckpt.load_state(folder, run.acc.process_index, run.generator)
     run.stream.load_state(state["stream"])
     run.g_steps = state["g_steps"]
+    if "clip_g" in state:  # checkpoints written before adaptive clipping have none: it starts afresh
+        run.clip_g.load_state(state["clip_g"]), run.clip_d.load_state(state["clip_d"])
     return int(state["step"])
 
 
@@ -286,21 +321,26 @@ def validate(run: Run, step: int) -> list[Path]:
         return []
     from sana_sprint_core.dcae import load_vae
 
-    from .validation import save_validation
-
     device = run.acc.device
     vae = load_vae(cfg.data.vae, device=device)
-    student = run.nets.student_core
     size, kwargs = tuple(cfg.train.validation_size), {}
     if controlnet.enabled(cfg):  # every prompt with the control of the first cached image, at its size
         size, kwargs = controlnet.validation_control(run.stream.dataset, cfg.controlnet.strength, vae, device)
-    paths = save_validation(student.velocity, student.dit.config.in_channels, vae, text.to(device), mask.to(device),
-                            prompts, cfg.train.validation_steps, cfg.train.validation_guidance, size, cfg.train.seed,
-                            run.out / "validation", step, model_kwargs=kwargs, write=run.acc.is_main_process)
+    with run.averaged():
+        paths = _validation_images(run, vae, text, mask, prompts, size, kwargs, step)
     del vae
     if run.sharded:
-        fsdp.reshard_root(student)
+        fsdp.reshard_root(run.nets.student_core)
     return paths
+
+
+def _validation_images(run: Run, vae, text, mask, prompts, size, kwargs, step: int) -> list[Path]:
+    from .validation import save_validation
+
+    cfg, device, student = run.cfg, run.acc.device, run.nets.student_core
+    return save_validation(student.velocity, student.dit.config.in_channels, vae, text.to(device), mask.to(device),
+                           prompts, cfg.train.validation_steps, cfg.train.validation_guidance, size, cfg.train.seed,
+                           run.out / "validation", step, model_kwargs=kwargs, write=run.acc.is_main_process)
 
 
 def prepare_inputs(cfg: Config, acc) -> tuple[str, str]:
@@ -358,6 +398,7 @@ def train(cfg: Config) -> Path:
     start = resume(run) if cfg.train.resume else 0
     log = LossLog(out / "loss.csv", keep_before=start) if acc.is_main_process else None
     loop(run, log, start)
+    finish(run)
     student = output_student(run)
     if acc.is_main_process:
         export(run, cfg.train.max_steps, student)

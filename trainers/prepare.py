@@ -19,7 +19,7 @@ from sana_sprint_core.dit_layers import at_least_fp32
 
 from . import losses
 from .config import Config, PrepareConfig
-from .optim import make_optimizer
+from .optim import apply_update, clipper, make_optimizer
 from .steps import Batch, Draws
 
 PREPARED_FILE = "prepared_teacher.safetensors"
@@ -65,7 +65,6 @@ def prepare_teacher(cfg: Config, acc) -> Path:
     """Convert and fine-tune model.teacher; writes output_dir/prepared_teacher.safetensors (reused if present)."""
     from .batches import BatchStream
     from .precompute import CachedDataset
-    from .steps import apply_update
 
     out = Path(cfg.train.output_dir) / PREPARED_FILE
     if out.is_file():
@@ -78,10 +77,11 @@ def prepare_teacher(cfg: Config, acc) -> Path:
     stream = BatchStream(CachedDataset(cfg.data.cache_dir), cfg.train.batch_size, cfg.train.seed,
                          acc.process_index, acc.num_processes)
     draws = Draws(torch.Generator().manual_seed(cfg.train.seed + 17 + acc.process_index), acc.device)
+    clip = clipper(cfg.optim)
     for _ in range(cfg.prepare.steps):
         with acc.autocast():
             fm_step(dit_w, stream.next(acc.device), cfg.prepare, draws, torch.float32)
-        apply_update(opt, list(dit.parameters()), cfg.optim.grad_clip, acc.clip_grad_norm_)
+        apply_update(opt, list(dit.parameters()), clip, acc.clip_grad_norm_)
     if acc.is_main_process:
         save_dit(dit.to(torch.bfloat16 if cfg.model.weights_dtype == "bf16" else torch.float32), out)
     acc.wait_for_everyone()

@@ -30,7 +30,7 @@ from . import checkpoint as ckpt
 from .config import Config, config_to_json, save_config
 from . import controlnet
 from .controlnet import ControlledDiT, control_kwargs
-from .distill import Run, check_output_dir, loop, resume, setup
+from .distill import Run, check_output_dir, finish, loop, resume, setup
 from .export import LoraFile, dit_like, lora_file, merged_state_dict, metadata, state_dict_sha256
 from .logs import LossLog
 from .validation import sample_latents
@@ -121,7 +121,7 @@ def preview_latents(run: Run) -> Tensor:
     control = {}  # ControlNet modes: the first item's control, which has its size
     if run.stream.control_strength is not None:
         control = control_kwargs(data.get_control(0)[None].to(device), run.stream.control_strength)
-    with run.acc.autocast():
+    with run.acc.autocast(), run.averaged():
         latents = sample_latents(model, noise, text.to(device), mask.to(device), DEFAULT_GUIDANCE,
                                  TRAIN_PREVIEW_STEPS, generator, control)
     return latents.float()
@@ -192,6 +192,8 @@ def run_in_process(cfg: Config, device, base_hash: str, hooks: Hooks | None = No
                          f"set at least {start} to continue it")
     log = LossLog(out / "loss.csv", keep_before=start)
     done, stopped = loop(run, log, start, hooks)
+    if not stopped:
+        finish(run)
     return Outcome(run, start, done, stopped, base_hash, log.read())
 
 

@@ -2,7 +2,7 @@
 
 The step functions draw their random numbers from a `Draws` (one CPU generator per process, so a
 resumed run draws the same numbers), call the pure losses of losses.py and run the backward pass;
-the optimiser update (clipping, skipping non-finite steps) is `apply_update`.
+the optimiser update (clipping, skipping non-finite steps) is `optim.apply_update`.
 
 G phase: the student's grad forward runs once on [sCM batch; LADD batch]. The LADD gradient is
 taken w.r.t. the noised fake sample inside the teacher view (where a checkpoint recompute of the
@@ -218,19 +218,3 @@ def discriminator_step(nets: Nets, batch: Batch, cfg: DistillConfig, draws: Draw
     loss = losses.hinge_discriminator_loss(real_logits, fake_logits)
     loss.backward()
     return {"loss_d": loss.detach()}
-
-
-def apply_update(optimizer: torch.optim.Optimizer, params: list[Tensor], max_norm: float, clip_fn=None) -> tuple[float, bool]:
-    """Clip the gradient norm to `max_norm`; step unless the norm is NaN/Inf; zero the grads.
-
-    Returns (total norm before clipping, whether the step was applied). `clip_fn` is the
-    accelerator's clip_grad_norm_ under DDP/FSDP (same signature as torch's).
-    """
-    clip = clip_fn or torch.nn.utils.clip_grad_norm_
-    norm = clip(params, max_norm if max_norm > 0 else float("inf"))
-    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
-    finite = bool(torch.isfinite(torch.tensor(norm)))
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm, finite
