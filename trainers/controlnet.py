@@ -40,9 +40,9 @@ from sana_sprint_core.dit_loading import load_dit
 from . import losses
 from .config import Config
 from .discriminator import check_head_blocks
+from .student import DTYPES as WEIGHT_DTYPES
 from .student import Pair, Student, Teacher
 
-WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CONTROLNET_FILE = "sprint_controlnet.safetensors"
 
 

@@ -17,29 +17,25 @@ import argparse
 import json
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from sana_sprint_core.dit_loading import load_dit
-
 from . import checkpoint as ckpt
-from . import controlnet, fsdp
+from . import fsdp, personalize
 from .batches import BatchStream
 from .config import Config, config_to_json, load_config, save_config
-from .discriminator import Discriminator, check_head_blocks
-from .export import diffusers_lora, export_student, lora_file, metadata, weights_sha256
-from .logs import LossLog, plot_losses
+from .discriminator import Discriminator
 from .ema import Ema
+from .export import DIFFUSERS_LORA_FILE, LORA_FILE, STUDENT_FILE, metadata, weights_sha256
+from .logs import LossLog, plot_losses
+from .modes import TEACHER_LORA, Mode, mode_of
 from .optim import Clipper, apply_update, clipper, lr_factor, make_optimizer
 from .precompute import CachedDataset, cache_is_current, precompute
-from .steps import Draws, Nets, discriminator_step, generator_step
-from .student import build_pair, check_teacher, trainable_state_dict
+from .steps import Draws, Nets, discriminator_step
+from .student import DTYPES, trainable_state_dict
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-LORA_FILE, STUDENT_FILE = "sprint_lora.safetensors", "sprint_student.safetensors"
-DIFFUSERS_LORA_FILE = "sprint_lora_diffusers.safetensors"  # train.export_diffusers_lora
 
 
 def make_accelerator(cfg: Config):
@@ -75,6 +71,7 @@ class Run:
     out: Path
     base_hash: str
     teacher_path: str
+    mode: Mode
     g_steps: int = 0
     last: dict = field(default_factory=dict)
     sharded: bool = False  # the student is FSDP-sharded (train.distributed fsdp with several processes)
@@ -102,42 +99,17 @@ class Run:
         return [] if self.nets.disc_core is None else list(self.nets.disc_core.parameters())
 
 
-def load_teacher(cfg: Config, path: str, device) -> torch.nn.Module:
-    """The teacher DiT in model.weights_dtype, checked for the sCM recipe."""
-    if not path:
-        raise ValueError("config key model.teacher is empty; give a SANA flow-matching DiT file or folder")
-    overrides = cfg.model.teacher_overrides or None
-    dit = load_dit(path, dtype=_DTYPES[cfg.model.weights_dtype], overrides=overrides)
-    check_teacher(dit, path)
-    if cfg.distill.ladd:
-        check_head_blocks(cfg.distill.head_blocks, dit.config.num_layers)
-    return dit.to(device)
-
-
-def check_loaded_teacher(cfg: Config, dit: torch.nn.Module, source: str) -> None:
-    """The checks `load_teacher` makes, for a teacher loaded elsewhere."""
-    check_teacher(dit, source)
-    if cfg.distill.ladd:
-        check_head_blocks(cfg.distill.head_blocks, dit.config.num_layers)
-
-
-def setup(cfg: Config, acc, teacher_path: str, base_hash: str, teacher: torch.nn.Module | None = None,
-          backbone: torch.nn.Module | None = None) -> Run:
+def setup(cfg: Config, acc, teacher_path: str, base_hash: str, models: dict | None = None,
+          mode: Mode | None = None) -> Run:
     """Models, optimisers, data stream and the step generator of this process.
 
-    `teacher`: an already loaded teacher DiT on acc.device (in-process runs); else model.teacher is loaded.
-    In the ControlNet modes: an already loaded ControlledDiT teacher (distill) and Sprint `backbone`,
-    else the config's files.
+    `models`: already loaded modules by role for in-process runs (teacher, backbone, sprint: see the
+    mode's build), used as they are; missing ones are loaded from the config's files. `mode`: default
+    the config's (modes.mode_of).
     """
+    mode = mode or mode_of(cfg)
     torch.manual_seed(cfg.train.seed)  # adapter and head init: identical on every rank
-    if controlnet.enabled(cfg):
-        pair = controlnet.build_control_pair(cfg, acc.device, teacher, backbone)
-    else:
-        if teacher is None:
-            teacher = load_teacher(cfg, teacher_path, acc.device)
-        else:
-            check_loaded_teacher(cfg, teacher, teacher_path or "(given teacher)")
-        pair = build_pair(teacher, cfg.model, torch.Generator().manual_seed(cfg.train.seed))
+    pair = mode.build(cfg, acc.device, models or {})
     student = pair.student.to(acc.device)
     if not cfg.distill.scm:  # the logvar head only feeds the sCM loss
         student.logvar_linear.requires_grad_(False)
@@ -151,12 +123,12 @@ def setup(cfg: Config, acc, teacher_path: str, base_hash: str, teacher: torch.nn
     opt_d = make_optimizer(list(disc.parameters()), cfg, cfg.optim.disc_lr) if disc is not None else None
     student_w, disc_w, opt_g, opt_d = prepare_models(acc, student, disc, opt_g, opt_d, sharded)
     nets = Nets(student_w, student, pair.teacher, disc_w, disc)
-    strength = cfg.controlnet.strength if controlnet.enabled(cfg) else None
+    strength = cfg.controlnet.strength if cfg.controlnet.mode != "off" else None  # batches carry the control
     stream = BatchStream(CachedDataset(cfg.data.cache_dir), cfg.train.batch_size, cfg.train.seed,
                          acc.process_index, acc.num_processes, control_strength=strength)
     generator = torch.Generator().manual_seed(cfg.train.seed + 7919 * acc.process_index)
     return Run(cfg, acc, nets, opt_g, opt_d, stream, generator, Path(cfg.train.output_dir), base_hash, teacher_path,
-               sharded=sharded)
+               mode, sharded=sharded)
 
 
 def prepare_models(acc, student, disc, opt_g, opt_d, sharded: bool) -> tuple:
@@ -195,8 +167,7 @@ def iteration(run: Run, step: int) -> dict:
     with acc.autocast():
         if phase == "G":
             lr = _set_lr(run)
-            step_fn = controlnet.denoise_step if cfg.controlnet.mode == "train" else generator_step
-            out = step_fn(run.nets, batch, cfg.distill, step, draws)
+            out = run.mode.g_step(run.nets, batch, cfg, step, draws)
             clip = run.clip_g
             norm, applied = apply_update(run.opt_g, run.g_params, clip, acc.clip_grad_norm_)
             run.g_steps += 1
@@ -283,25 +254,14 @@ def resume(run: Run) -> int:
 
 
 def export(run: Run, steps: int, student=None) -> list[Path]:
-    """Write the outputs (main process): the LoRA and/or the full student, or the ControlNet, with metadata.
+    """Write the outputs (main process) through the run's mode, with metadata.
 
     `student`: an unsharded student to export (`output_student`); default the run's own.
     """
     cfg, student = run.cfg, run.nets.student_core if student is None else student
-    kind = "controlnet" if controlnet.enabled(cfg) else "lora" if cfg.model.mode == "lora" else "student"
-    meta = metadata(kind, base_hash=run.base_hash, base_name=Path(run.teacher_path).name, steps=steps,
+    meta = metadata(run.mode.kind(cfg), base_hash=run.base_hash, base_name=Path(run.teacher_path).name, steps=steps,
                     config_json=config_to_json(cfg))
-    dtype, paths = _DTYPES[cfg.train.export_dtype], []
-    if kind == "controlnet":  # base_model: the Sprint DiT the ControlNet is for
-        return [controlnet.export_controlnet(student, run.out / controlnet.CONTROLNET_FILE, meta, dtype)]
-    if cfg.model.mode == "lora":
-        lora = lora_file(student, meta, cfg.model.lora_rank, cfg.model.lora_alpha, dtype)
-        paths.append(lora.save(run.out / LORA_FILE))
-        if cfg.train.export_diffusers_lora:
-            paths.append(diffusers_lora(lora).save(run.out / DIFFUSERS_LORA_FILE))
-    if cfg.model.mode == "full" or cfg.train.export_merged:
-        paths.append(export_student(student, run.out / STUDENT_FILE, {**meta, "sana_sprint.kind": "student"}, dtype))
-    return paths
+    return run.mode.export(cfg, run.out, student, meta, DTYPES[cfg.train.export_dtype])
 
 
 def output_student(run: Run):
@@ -309,7 +269,7 @@ def output_student(run: Run):
     main process (None on the others; every process must call this)."""
     if not run.sharded:
         return run.nets.student_core
-    dtype = _DTYPES[run.cfg.model.weights_dtype]
+    dtype = DTYPES[run.cfg.model.weights_dtype]
     return fsdp.plain_student(run.nets.student_core, run.cfg.model, dtype, run.acc.is_main_process)
 
 
@@ -324,8 +284,8 @@ def validate(run: Run, step: int) -> list[Path]:
     device = run.acc.device
     vae = load_vae(cfg.data.vae, device=device)
     size, kwargs = tuple(cfg.train.validation_size), {}
-    if controlnet.enabled(cfg):  # every prompt with the control of the first cached image, at its size
-        size, kwargs = controlnet.validation_control(run.stream.dataset, cfg.controlnet.strength, vae, device)
+    if run.mode.validation_inputs is not None:
+        size, kwargs = run.mode.validation_inputs(run.stream.dataset, cfg, vae, device)
     with run.averaged():
         paths = _validation_images(run, vae, text, mask, prompts, size, kwargs, step)
     del vae
@@ -343,27 +303,63 @@ def _validation_images(run: Run, vae, text, mask, prompts, size, kwargs, step: i
                            run.out / "validation", step, model_kwargs=kwargs, write=run.acc.is_main_process)
 
 
-def prepare_inputs(cfg: Config, acc) -> tuple[str, str]:
-    """Cache (precompute if stale) and teacher (prepare if asked); returns (teacher path, its sha256).
-    In the ControlNet modes the returned model is controlnet.backbone, the base of the output.
+def prepare_inputs(cfg: Config, acc) -> tuple[Config, str, str]:
+    """Cache (precompute if stale) and teacher (prepare if asked); returns (config, base model path, its
+    sha256). With prepare.enabled the config's model.teacher becomes the prepared teacher. The base is
+    the model the outputs apply to (modes.Mode.base: the teacher, a ControlNet's backbone, or the
+    Sprint model of a personalisation LoRA).
 
     Without data.image_dir, data.cache_dir is used as it is (a cache built before or elsewhere).
     """
     if acc.is_main_process and cfg.data.image_dir and not cache_is_current(cfg):
         precompute(cfg, acc.device)
     acc.wait_for_everyone()
-    teacher = cfg.controlnet.backbone if controlnet.enabled(cfg) else cfg.model.teacher
     if cfg.prepare.enabled:
         from .prepare import prepare_teacher
 
-        teacher = str(prepare_teacher(cfg, acc))
-    digest = weights_sha256(teacher) if acc.is_main_process and teacher else ""
-    return teacher, digest
+        cfg = replace(cfg, model=replace(cfg.model, teacher=str(prepare_teacher(cfg, acc))))
+    if cfg.personalize.enabled and not cfg.personalize.teacher_lora:
+        cfg = replace(cfg, personalize=replace(cfg.personalize, teacher_lora=str(train_teacher_lora(cfg, acc))))
+    base = mode_of(cfg).base(cfg)
+    digest = weights_sha256(base) if acc.is_main_process and base else ""
+    return cfg, base, digest
+
+
+def train_teacher_lora(cfg: Config, acc) -> Path:
+    """Personalisation stage 1 in its own run folder (personalize.teacher_lora_config), resumed like the
+    run; returns the teacher LoRA file (an existing one means the stage is done)."""
+    path = personalize.teacher_lora_path(cfg)
+    if path.is_file():
+        return path
+    stage = personalize.teacher_lora_config(cfg)
+    if stage.train.resume and not (Path(stage.train.output_dir) / "checkpoints" / ckpt.LATEST).is_file():
+        stage = replace(stage, train=replace(stage.train, resume=""))  # stage 1 had not saved yet
+    if acc.is_main_process:
+        Path(stage.train.output_dir).mkdir(parents=True, exist_ok=True)
+        save_config(stage, Path(stage.train.output_dir) / "config.json")
+    digest = weights_sha256(stage.model.teacher) if acc.is_main_process else ""
+    run = setup(stage, acc, stage.model.teacher, digest, mode=TEACHER_LORA)
+    _train_and_export(run, acc)
+    return path
+
+
+def _train_and_export(run: Run, acc) -> None:
+    """The loop from the start or the resumed checkpoint, then the outputs (the run's EMA weights)."""
+    out, cfg = run.out, run.cfg
+    start = resume(run) if cfg.train.resume else 0
+    log = LossLog(out / "loss.csv", keep_before=start) if acc.is_main_process else None
+    loop(run, log, start)
+    finish(run)
+    student = output_student(run)
+    if acc.is_main_process:
+        export(run, cfg.train.max_steps, student)
+        plot_losses(out / "loss.csv", out / "loss.png")
+    acc.wait_for_everyone()
 
 
 # What a run that trained leaves in train.output_dir (docs/training.md section 1); any of them marks a
 # run there. (config.json alone is a start that failed before training; it is written again.)
-RUN_RESULTS = ("checkpoints", LORA_FILE, STUDENT_FILE, DIFFUSERS_LORA_FILE)
+RUN_RESULTS = ("checkpoints", LORA_FILE, STUDENT_FILE, DIFFUSERS_LORA_FILE, personalize.TEACHER_LORA_FOLDER)
 
 
 def _run_files(out: Path) -> list[str]:
@@ -393,17 +389,8 @@ def train(cfg: Config) -> Path:
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.json")
-    teacher_path, digest = prepare_inputs(cfg, acc)
-    run = setup(cfg, acc, teacher_path, digest)
-    start = resume(run) if cfg.train.resume else 0
-    log = LossLog(out / "loss.csv", keep_before=start) if acc.is_main_process else None
-    loop(run, log, start)
-    finish(run)
-    student = output_student(run)
-    if acc.is_main_process:
-        export(run, cfg.train.max_steps, student)
-        plot_losses(out / "loss.csv", out / "loss.png")
-    acc.wait_for_everyone()
+    cfg, base, digest = prepare_inputs(cfg, acc)
+    _train_and_export(setup(cfg, acc, base, digest), acc)
     acc.end_training()
     return out
 

@@ -30,6 +30,9 @@ from sana_sprint_core.lora_formats import read_lora, to_peft
 from .student import ADAPTER_NAME, Student
 
 COMFY_PREFIX = "diffusion_model."
+# The outputs of a distillation run (train.output_dir); the diffusers twin with train.export_diffusers_lora.
+LORA_FILE, STUDENT_FILE = "sprint_lora.safetensors", "sprint_student.safetensors"
+DIFFUSERS_LORA_FILE = "sprint_lora_diffusers.safetensors"
 # Modules that a LoRA run trains in full because the teacher does not have them.
 FULL_MODULES = ("time_embed.guidance_embedder",)
 META_PREFIX = "sana_sprint."
@@ -60,8 +63,10 @@ def _lora_pair(layer: nn.Module) -> tuple[Tensor, Tensor, float]:
     return down, up, float(layer.scaling[ADAPTER_NAME])
 
 
-def comfy_lora_state_dict(dit: nn.Module, dtype: torch.dtype) -> dict[str, Tensor]:
-    """ComfyUI LoRA tensors of a peft-adapted DiT (module docstring)."""
+def comfy_lora_state_dict(dit: nn.Module, dtype: torch.dtype,
+                          full_modules: tuple[str, ...] = FULL_MODULES) -> dict[str, Tensor]:
+    """ComfyUI LoRA tensors of a peft-adapted DiT (module docstring); `full_modules` are written as
+    `.diff` over a zero base (none for a LoRA on a model that already has them, e.g. a Sprint LoRA)."""
     out: dict[str, Tensor] = {}
     for path, layer in lora_layers(dit).items():
         down, up, scale = _lora_pair(layer)
@@ -69,7 +74,7 @@ def comfy_lora_state_dict(dit: nn.Module, dtype: torch.dtype) -> dict[str, Tenso
         out[f"{key}.lora_down.weight"] = down.to(dtype).contiguous()
         out[f"{key}.lora_up.weight"] = up.to(dtype).contiguous()
         out[f"{key}.alpha"] = torch.tensor(scale * down.shape[0], dtype=torch.float32)
-    for prefix in FULL_MODULES:
+    for prefix in full_modules:
         module = dit.get_submodule(prefix)
         for name, p in module.named_parameters():
             kind = "diff" if name.endswith("weight") else "diff_b"
@@ -122,13 +127,13 @@ class LoraFile:
 
 
 def lora_file(student: Student, meta: dict[str, str], rank: int, alpha: float,
-              dtype: torch.dtype = torch.float32) -> LoraFile:
+              dtype: torch.dtype = torch.float32, full_modules: tuple[str, ...] = FULL_MODULES) -> LoraFile:
     """The ComfyUI LoRA of a LoRA-mode student with the LoRA metadata (rank, alpha, full modules)."""
-    tensors = comfy_lora_state_dict(student.dit, dtype)
+    tensors = comfy_lora_state_dict(student.dit, dtype, full_modules)
     if not any(k.endswith(".lora_down.weight") for k in tensors):
         raise ValueError("the student has no LoRA adapters (model.mode is 'full'?); export the full student instead")
     extra = {f"{META_PREFIX}lora_rank": str(rank), f"{META_PREFIX}lora_alpha": str(alpha),
-             f"{META_PREFIX}full_modules": json.dumps(list(FULL_MODULES))}
+             f"{META_PREFIX}full_modules": json.dumps(list(full_modules))}
     return LoraFile({k: v.cpu() for k, v in tensors.items()}, {**meta, **extra})
 
 

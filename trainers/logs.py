@@ -9,10 +9,12 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 # loss_denoise: the ControlNet training mode's loss (trainers/controlnet.py).
-COLUMNS = ("step", "phase", "loss_scm", "loss_adv", "loss_d", "loss_fm", "loss_denoise", "grad_norm", "clip_at", "clipped",
+COLUMNS = ("step", "phase", "loss_scm", "loss_adv", "loss_d", "loss_fm", "loss_prior", "loss_denoise",
+           "grad_norm", "clip_at", "clipped",
            "lr", "skipped")
 _COLORS = {"loss_scm": (31, 119, 180), "loss_adv": (255, 127, 14), "loss_d": (44, 160, 44), "loss_fm": (214, 39, 40),
-           "loss_denoise": (148, 103, 189)}
+           "loss_denoise": (148, 103, 189),
+           "loss_prior": (140, 86, 75)}
 
 
 class LossLog:

@@ -41,8 +41,8 @@ def to_sprint_teacher(dit: SanaSprintDiT) -> SanaSprintDiT:
     return out
 
 
-def fm_step(dit: torch.nn.Module, batch: Batch, cfg: PrepareConfig, draws: Draws, dtype: torch.dtype) -> torch.Tensor:
-    """Forward + backward of the flow-matching loss at logit-normal tau (SANA / SD3 sampling).
+def fm_loss(dit: torch.nn.Module, batch: Batch, cfg: PrepareConfig, draws: Draws, dtype: torch.dtype) -> torch.Tensor:
+    """The flow-matching loss at logit-normal tau (SANA / SD3 sampling), with caption dropout.
 
     `dit` (maybe DDP-wrapped) predicts v = eps - x0 at x_tau = (1 - tau) x0 + tau eps; `dtype` is its weights'.
     """
@@ -56,7 +56,12 @@ def fm_step(dit: torch.nn.Module, batch: Batch, cfg: PrepareConfig, draws: Draws
     text = torch.where(drop[..., None], batch.null_text, batch.text)
     mask = torch.where(drop, batch.null_mask, batch.mask)
     v = dit(x_tau.to(dtype), tau, text.to(dtype), mask)
-    loss = losses.flow_matching_loss(v, x0, noise)
+    return losses.flow_matching_loss(v, x0, noise)
+
+
+def fm_step(dit: torch.nn.Module, batch: Batch, cfg: PrepareConfig, draws: Draws, dtype: torch.dtype) -> torch.Tensor:
+    """Forward + backward of `fm_loss`; returns the detached loss."""
+    loss = fm_loss(dit, batch, cfg, draws, dtype)
     loss.backward()
     return loss.detach()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,12 +27,13 @@ from torch import Tensor
 from sana_sprint_core.constants import DEFAULT_GUIDANCE, TRAIN_PREVIEW_STEPS
 
 from . import checkpoint as ckpt
+from . import controlnet, personalize
 from .config import Config, config_to_json, save_config
-from . import controlnet
 from .controlnet import ControlledDiT, control_kwargs
-from .distill import Run, check_output_dir, finish, loop, resume, setup
+from .distill import Run, check_output_dir, export, finish, loop, resume, setup
 from .export import LoraFile, dit_like, lora_file, merged_state_dict, metadata, state_dict_sha256
 from .logs import LossLog
+from .modes import PERSONALIZE, TEACHER_LORA, Mode
 from .validation import sample_latents
 
 _AUTOCAST = {"bf16": torch.bfloat16}
@@ -89,22 +90,25 @@ class Hooks:
     should_stop: Callable[[], bool] | None = None  # polled after every iteration
     on_preview: Callable[[int, Tensor], None] | None = None  # (iterations done, latents (1, C, h, w))
     preview_every: int = 0  # 0: no previews; else every N iterations and after the last one
+    preview_steps: tuple = (TRAIN_PREVIEW_STEPS,)  # one sample per step count, side by side
 
     def after_step(self, run: Run, done: int, row: dict) -> bool:
         """Preview, progress, then whether to stop (called by distill.loop)."""
         total = run.cfg.train.max_steps
         if self.on_preview is not None and self.preview_every > 0 and (done % self.preview_every == 0 or done == total):
-            self.on_preview(done, preview_latents(run))
+            self.on_preview(done, preview_latents(run, self.preview_steps))
         if self.on_step is not None:
             self.on_step(done, total, row)
         return bool(self.should_stop is not None and self.should_stop())
 
 
-def preview_latents(run: Run) -> Tensor:
-    """A TRAIN_PREVIEW_STEPS-step sample of the student (diffusion latents (1, C, h, w)).
+def preview_latents(run: Run, steps: tuple = (TRAIN_PREVIEW_STEPS,)) -> Tensor:
+    """Samples of the student at each step count of `steps`, side by side (diffusion latents (1, C, h,
+    w * len(steps))), from the weights the outputs get (the EMA with train.ema).
 
     Prompt: the cache's first validation prompt, else the first item's caption; size: the first
-    item's bucket; noise from train.seed with its own generator, so previews do not change training.
+    item's bucket; the same noise (from train.seed, its own generator: previews do not change
+    training) for every step count.
     """
     data = run.stream.dataset
     prompts, text, mask = data.validation_prompts()
@@ -121,10 +125,13 @@ def preview_latents(run: Run) -> Tensor:
     control = {}  # ControlNet modes: the first item's control, which has its size
     if run.stream.control_strength is not None:
         control = control_kwargs(data.get_control(0)[None].to(device), run.stream.control_strength)
+    samples = []
     with run.acc.autocast(), run.averaged():
-        latents = sample_latents(model, noise, text.to(device), mask.to(device), DEFAULT_GUIDANCE,
-                                 TRAIN_PREVIEW_STEPS, generator, control)
-    return latents.float()
+        for n in steps:
+            g = torch.Generator().manual_seed(run.cfg.train.seed + n)  # the re-noising of multistep sampling
+            samples.append(sample_latents(model, noise, text.to(device), mask.to(device), DEFAULT_GUIDANCE, n, g,
+                                          control).float())
+    return torch.cat(samples, dim=-1)
 
 
 @dataclass
@@ -174,18 +181,22 @@ def train_in_process(cfg: Config, teacher, hooks: Hooks | None = None) -> Outcom
     return run_in_process(cfg, device, state_dict_sha256(teacher), hooks, teacher=lambda: private_dit(teacher, device))
 
 
-def run_in_process(cfg: Config, device, base_hash: str, hooks: Hooks | None = None, **models) -> Outcome:
-    """The run behind `train_in_process` (and the ControlNet modes' train_controlnet_in_process):
-    `models` are setup's already loaded models (teacher / backbone), each given as a function making
-    the private module, called once the run folder is checked."""
+def run_in_process(cfg: Config, device, base_hash: str, hooks: Hooks | None = None, mode: Mode | None = None,
+                   check: bool = True, **models) -> Outcome:
+    """The run behind `train_in_process` (and train_controlnet_in_process, personalize_in_process):
+    `models` are setup's already loaded models by role (see the mode's build), each given as a function
+    making the private module, called once the run folder is checked. `mode`: default the config's.
+    check=False: the caller has checked that a new run may start in the folder (a resumed one is
+    always checked against its base)."""
     out = Path(cfg.train.output_dir)
     if cfg.train.resume and cfg.train.resume != "latest":
         raise ValueError(f"train.resume must be '' or 'latest' in-process, got {cfg.train.resume!r}")
-    check_run_folder(cfg, base_hash)
+    if check or cfg.train.resume:
+        check_run_folder(cfg, base_hash)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
     private = {name: make() for name, make in models.items()}
-    run = setup(cfg, SingleProcess(device, cfg.train.mixed_precision), "", base_hash, **private)
+    run = setup(cfg, SingleProcess(device, cfg.train.mixed_precision), "", base_hash, private, mode)
     start = resume(run) if cfg.train.resume else 0
     if start > cfg.train.max_steps:
         raise ValueError(f"train.max_steps is {cfg.train.max_steps} but the run in {out} is already at step {start}; "
@@ -200,8 +211,7 @@ def run_in_process(cfg: Config, device, base_hash: str, hooks: Hooks | None = No
 def outcome_metadata(outcome: Outcome, base_name: str) -> dict[str, str]:
     """The safetensors metadata of the outputs of a finished run (kind set by the caller)."""
     cfg = outcome.run.cfg
-    kind = "controlnet" if cfg.controlnet.mode != "off" else "lora" if cfg.model.mode == "lora" else "student"
-    meta = metadata(kind, base_hash=outcome.base_hash, base_name=base_name, steps=outcome.done,
+    meta = metadata(outcome.run.mode.kind(cfg), base_hash=outcome.base_hash, base_name=base_name, steps=outcome.done,
                     config_json=config_to_json(cfg))
     return {**meta, "sana_sprint.base_model_hash_of": "state_dict"}
 
@@ -246,3 +256,40 @@ def train_controlnet_in_process(cfg: Config, backbone, teacher: ControlledDiT | 
         models["teacher"] = lambda: ControlledDiT(private_dit(teacher.dit, device),
                                                   private_controlnet(teacher.controlnet, device))
     return run_in_process(cfg, device, state_dict_sha256(backbone), hooks, **models)
+
+
+def _stage(cfg: Config) -> Config:
+    """A personalisation stage's config: resumed when asked and its folder has a checkpoint, else new."""
+    saved = (Path(cfg.train.output_dir) / "checkpoints" / ckpt.LATEST).is_file()
+    return replace(cfg, train=replace(cfg.train, resume="latest" if cfg.train.resume and saved else ""))
+
+
+def personalize_in_process(cfg: Config, teacher, sprint, hooks: Hooks | None = None,
+                           teacher_hooks: Hooks | None = None,
+                           prior_text: tuple[Tensor, Tensor] | None = None) -> tuple[Outcome, Path]:
+    """Personalisation in this process (trainers/personalize.py): stage 1 (the teacher LoRA, unless its
+    file exists in the run folder) with `teacher_hooks`, then stage 2 (the Sprint LoRA) with `hooks`.
+
+    teacher / sprint: the loaded teacher and released Sprint DiTs on the training device (never
+    changed); prior_text: the prior prompts' (embeddings (P, L, D), masks (P, L)) for prior
+    preservation, or None (then personalize.prior_prompts with data.text_encoder, if any).
+    Returns (the outcome of the stage that ran last, the teacher LoRA file); outcome.stopped: a stop
+    in either stage, whose checkpoint the same call with train.resume 'latest' continues.
+    """
+    device = teacher.proj_out.weight.device
+    sprint_hash = state_dict_sha256(sprint)
+    if not cfg.train.resume:  # a new run never replaces one (a finished stage 1 counts as a run)
+        check_run_folder(cfg, sprint_hash)
+    path = personalize.teacher_lora_path(cfg)
+    if not path.is_file():
+        stage = _stage(personalize.teacher_lora_config(cfg))
+        first = run_in_process(stage, device, state_dict_sha256(teacher), teacher_hooks, TEACHER_LORA, False,
+                               teacher=lambda: private_dit(teacher, device), prior_text=lambda: prior_text)
+        if first.stopped:
+            return first, path
+        export(first.run, first.done)
+    second = _stage(replace(cfg, personalize=replace(cfg.personalize, teacher_lora=str(path))))
+    outcome = run_in_process(second, device, sprint_hash, hooks, PERSONALIZE, False,
+                             teacher=lambda: personalize.teacher_with_lora(private_dit(teacher, device), path),
+                             sprint=lambda: private_dit(sprint, device))
+    return outcome, path

@@ -27,9 +27,31 @@ from sana_sprint_core.dit import SanaSprintDiT, set_cross_attention
 from sana_sprint_core.dit_layers import at_least_fp32
 from sana_sprint_core.trigflow_model import TrigFlowModel
 
-from .config import ModelConfig
+from .config import Config, ModelConfig
 
 ADAPTER_NAME = "default"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # config dtype names
+
+
+def load_teacher(cfg: Config, path: str, device) -> SanaSprintDiT:
+    """The teacher DiT of file/folder `path` in model.weights_dtype on `device`, checked for the sCM recipe."""
+    from sana_sprint_core.dit_loading import load_dit
+
+    if not path:
+        raise ValueError("config key model.teacher is empty; give a SANA flow-matching DiT file or folder")
+    overrides = cfg.model.teacher_overrides or None
+    dit = load_dit(path, dtype=DTYPES[cfg.model.weights_dtype], overrides=overrides)
+    check_loaded_teacher(cfg, dit, path)
+    return dit.to(device)
+
+
+def check_loaded_teacher(cfg: Config, dit: SanaSprintDiT, source: str) -> None:
+    """A flow-matching Sprint teacher (check_teacher) whose blocks hold the LADD heads (when LADD is on)."""
+    from .discriminator import check_head_blocks
+
+    check_teacher(dit, source)
+    if cfg.distill.ladd:
+        check_head_blocks(cfg.distill.head_blocks, dit.config.num_layers)
 
 
 def check_teacher(dit: SanaSprintDiT, source: str) -> None:
