@@ -13,6 +13,7 @@ from .sampling import SanaSprintSampler, SanaSprintSCMSampler, SanaSprintSigmas
 from .train_controlnet import SanaSprintDistillControlNet
 from .train_data import SanaSprintDataset, SanaSprintPrecompute
 from .train_distill import SanaSprintDistill
+from .train_personalize import SanaSprintPersonalize
 from .train_outputs import (
     SanaSprintLoraLoader, SanaSprintLossGraph, SanaSprintSaveControlNet, SanaSprintSaveLoRA, SanaSprintSaveStudent,
 )
@@ -26,6 +27,7 @@ NODES: list[type[io.ComfyNode]] = [
     # training inside ComfyUI
     SanaSprintDataset, SanaSprintPrecompute, SanaSprintDistill, SanaSprintLossGraph, SanaSprintSaveLoRA,
     SanaSprintSaveStudent, SanaSprintLoraLoader, SanaSprintDistillControlNet, SanaSprintSaveControlNet,
+    SanaSprintPersonalize,
 ]
 
 

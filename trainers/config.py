@@ -388,6 +388,9 @@ def _validate_fsdp(cfg: Config) -> None:
     if cfg.train.mixed_precision == "fp16":
         raise ValueError("train.distributed 'fsdp' supports train.mixed_precision 'bf16' or 'no', got 'fp16' "
                          "(the fp16 gradient scaler over sharded gradients is not supported here)")
+    if cfg.personalize.enabled:
+        raise ValueError("train.distributed 'fsdp' shards a student built from the teacher; personalize.enabled trains "
+                         "a LoRA on the Sprint model, use train.distributed 'ddp'")
     if cfg.controlnet.mode != "off":
         raise ValueError(f"train.distributed 'fsdp' shards the DiT student; controlnet.mode {cfg.controlnet.mode!r} "
                          "trains a ControlNet on a frozen backbone, use train.distributed 'ddp'")

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
-from sana_sprint_core.checkpoint_io import resolve_checkpoint, save_safetensors_atomic
+from sana_sprint_core.checkpoint_io import read_state_dict_with_info, resolve_checkpoint, save_safetensors_atomic
 from sana_sprint_core.dit import SanaSprintDiT
 from sana_sprint_core.dit_loading import dit_from_state_dict, save_dit
 from sana_sprint_core.lora_formats import read_lora, to_peft
@@ -63,10 +63,18 @@ def _lora_pair(layer: nn.Module) -> tuple[Tensor, Tensor, float]:
     return down, up, float(layer.scaling[ADAPTER_NAME])
 
 
+def trained_full_modules(dit: nn.Module) -> tuple[str, ...]:
+    """The FULL_MODULES a LoRA run trains in full: present and trainable (a LoRA on a Sprint model keeps
+    the Sprint guidance embedder frozen, and a teacher has none)."""
+    names = dict(dit.named_modules())
+    return tuple(m for m in FULL_MODULES if m in names and any(p.requires_grad for p in names[m].parameters()))
+
+
 def comfy_lora_state_dict(dit: nn.Module, dtype: torch.dtype,
-                          full_modules: tuple[str, ...] = FULL_MODULES) -> dict[str, Tensor]:
-    """ComfyUI LoRA tensors of a peft-adapted DiT (module docstring); `full_modules` are written as
-    `.diff` over a zero base (none for a LoRA on a model that already has them, e.g. a Sprint LoRA)."""
+                          full_modules: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+    """ComfyUI LoRA tensors of a peft-adapted DiT (module docstring); `full_modules` (default: the
+    trained ones, `trained_full_modules`) are written as `.diff` over a zero base."""
+    full_modules = trained_full_modules(dit) if full_modules is None else full_modules
     out: dict[str, Tensor] = {}
     for path, layer in lora_layers(dit).items():
         down, up, scale = _lora_pair(layer)
@@ -119,6 +127,12 @@ class LoraFile:
     tensors: dict[str, Tensor]
     metadata: dict[str, str]
 
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "LoraFile":
+        """A LoRA file as written by `save`."""
+        tensors, info = read_state_dict_with_info(path)
+        return cls(tensors, dict(info.metadata))
+
     def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write it atomically; floating tensors (not the alphas) cast to `dtype` when given."""
         cast = {k: v.to(dtype) if dtype is not None and not k.endswith(".alpha") else v for k, v in self.tensors.items()}
@@ -127,8 +141,9 @@ class LoraFile:
 
 
 def lora_file(student: Student, meta: dict[str, str], rank: int, alpha: float,
-              dtype: torch.dtype = torch.float32, full_modules: tuple[str, ...] = FULL_MODULES) -> LoraFile:
+              dtype: torch.dtype = torch.float32) -> LoraFile:
     """The ComfyUI LoRA of a LoRA-mode student with the LoRA metadata (rank, alpha, full modules)."""
+    full_modules = trained_full_modules(student.dit)
     tensors = comfy_lora_state_dict(student.dit, dtype, full_modules)
     if not any(k.endswith(".lora_down.weight") for k in tensors):
         raise ValueError("the student has no LoRA adapters (model.mode is 'full'?); export the full student instead")

@@ -109,7 +109,7 @@ def teacher_lora_step(nets: Nets, batch: Batch, cfg: Config, step: int, draws: D
 
 def export_teacher_lora(cfg: Config, out: Path, student: Student, meta: dict, dtype: torch.dtype) -> list[Path]:
     """The teacher LoRA in ComfyUI keys (adapters only), base = the teacher."""
-    lora = lora_file(student, meta, cfg.model.lora_rank, cfg.model.lora_alpha, dtype, full_modules=())
+    lora = lora_file(student, meta, cfg.model.lora_rank, cfg.model.lora_alpha, dtype)
     return [lora.save(out / TEACHER_LORA_FILE)]
 
 
@@ -251,7 +251,7 @@ def build_personal_pair(cfg: Config, device, models: dict) -> Pair:
 def export_sprint_lora(cfg: Config, out: Path, student: Student, meta: dict, dtype: torch.dtype) -> list[Path]:
     """The Sprint LoRA (adapters only: it applies to the released Sprint model as it is), its diffusers
     twin, and the merged personalised Sprint DiT (train.export_merged)."""
-    lora = lora_file(student, meta, cfg.model.lora_rank, cfg.model.lora_alpha, dtype, full_modules=())
+    lora = lora_file(student, meta, cfg.model.lora_rank, cfg.model.lora_alpha, dtype)
     paths = [lora.save(out / LORA_FILE)]
     if cfg.train.export_diffusers_lora:
         paths.append(diffusers_lora(lora).save(out / DIFFUSERS_LORA_FILE))

@@ -355,6 +355,56 @@ def train_controlnet() -> list[Node]:
 WORKFLOWS["sana_sprint_train_controlnet"] = train_controlnet
 
 
+# --- Personalise the Sprint model on your images: teacher LoRA, then a LoRA on the Sprint model -------
+PERSONAL_FOLDER = "sana_sprint_personalize"  # your images + .txt captions, in ComfyUI's input folder
+PERSONAL_PROMPT = "a photo of sks toy on a beach at sunset"  # use the token your captions use
+SPECS.update({
+    "SanaSprintPersonalize": Spec((
+        _sock("teacher", "MODEL"), _sock("sprint", "MODEL"), _sock("cache", "SANA_TRAIN_CACHE"), In("rank", "INT"),
+        In("teacher_steps", "INT"), In("teacher_learning_rate", "FLOAT"), In("teacher_rank", "INT"),
+        In("steps", "INT"), In("learning_rate", "FLOAT"), In("batch_size", "INT"), In("scm_weight", "FLOAT"),
+        In("ladd_weight", "FLOAT"), In("max_time_probability", "FLOAT"), In("seed", "INT", control=True),
+        In("save_every", "INT"), In("preview_every", "INT"), In("output_name", "STRING"), In("resume", "BOOLEAN"),
+        In("prior_images", "INT"), In("prior_weight", "FLOAT"), _sock("prior", "CONDITIONING", optional=True),
+    ), (("SPRINT_MODEL", "MODEL"), ("SPRINT_LORA", "SANA_LORA"), ("TEACHER_LORA", "SANA_LORA"),
+        ("LOSS_MAP", "LOSS_MAP"))),
+})
+
+
+def personalize() -> list[Node]:
+    """Sprint DiT + teacher + Gemma + DC-AE -> your images -> cache -> Personalize (teacher LoRA, then the
+    Sprint LoRA) -> save both LoRAs, loss graph, and the personalised Sprint model at 1 and 2 steps. Put
+    images with .txt captions naming your subject (e.g. "a photo of sks toy") in input/sana_sprint_personalize
+    first; for prior preservation link a SanaSprintTextEncode of the class ("a photo of a toy") to prior."""
+    personal = {"teacher": (20, 0), "sprint": (1, 0), "cache": (11, 0), "rank": 32, "teacher_steps": 500,
+                "teacher_learning_rate": 1e-4, "teacher_rank": 16, "steps": 600, "learning_rate": 1e-4,
+                "batch_size": 1, "scm_weight": 1.0, "ladd_weight": 0.5, "max_time_probability": 0.5, "seed": SEED,
+                "save_every": 100, "preview_every": 50, "output_name": "sana_sprint_personalize", "resume": False,
+                "prior_images": 4, "prior_weight": 1.0}
+    dataset = {"folder": PERSONAL_FOLDER, "resolution": 1024, "buckets": True, "skip_bad_files": False,
+               "caption_extension": ".txt"}
+    return [
+        Node(1, "SanaSprintDiTLoader", {"model_name": DIT_NAME, "weight_dtype": "auto"}, "Load the Sprint model"),
+        *_loaders()[1:],
+        Node(20, "SanaSprintDiTLoader", {"model_name": TEACHER_NAME, "weight_dtype": "auto"}, "Load the teacher"),
+        Node(10, "SanaSprintDataset", dataset),
+        _precompute(PERSONAL_PROMPT, "none"),
+        Node(12, "SanaSprintPersonalize", personal),
+        Node(13, "SanaSprintSaveLoRA", {"lora": (12, 1), "filename_prefix": "sana_sprint_personal",
+                                        "destination": "loras", "weight_dtype": "bf16", "file_format": "comfyui"}),
+        Node(21, "SanaSprintSaveLoRA", {"lora": (12, 2), "filename_prefix": "sana_sprint_personal_teacher",
+                                        "destination": "loras", "weight_dtype": "bf16", "file_format": "comfyui"}),
+        Node(14, "SanaSprintLossGraph", {"loss": (12, 3)}),
+        _prompt(PERSONAL_PROMPT),
+        _empty_latent(),
+        *_generate(6, 1),
+        *_generate(16, 2),
+    ]
+
+
+WORKFLOWS["sana_sprint_personalize"] = personalize
+
+
 # --- Template browser names ---------------------------------------------------------------------------
 # ComfyUI 0.3.64's template browser (frontend 1.27.10) reads nothing but the file names of a pack's
 # workflows/*.json: the name is a card's title, the same name with "-" and "_" as spaces its
@@ -371,6 +421,7 @@ TITLES = {
     "sana_sprint_live_scribble_controlnet": "SANA-Sprint live scribble pad with ControlNet",
     "sana_sprint_train_lora": "SANA-Sprint train a LoRA on your images",
     "sana_sprint_train_controlnet": "SANA-Sprint train a ControlNet on your images",
+    "sana_sprint_personalize": "SANA-Sprint personalize the Sprint model on your images",
 }
 
 
@@ -395,7 +446,7 @@ SIZES = {
     "SanaSprintHEDPreprocessor": (280, 380), "SanaSprintControlNetApply": (260, 180), "SaveImage": (320, 360),
     "LoadImage": (280, 350), "SanaSprintDataset": (300, 260), "SanaSprintPrecompute": (320, 270),
     "SanaSprintDistill": (340, 760), "SanaSprintDistillControlNet": (340, 760), "SanaSprintSaveLoRA": (260, 134),
-    "SanaSprintSaveControlNet": (260, 110), "SanaSprintLossGraph": (320, 300),
+    "SanaSprintSaveControlNet": (260, 110), "SanaSprintLossGraph": (320, 300), "SanaSprintPersonalize": (340, 880),
 }
 NODE_TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT of the frontend
 GAP_X, GAP_Y, MARGIN = 60, 20, 40

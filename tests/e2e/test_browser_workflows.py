@@ -45,17 +45,21 @@ API = {p.stem: json.loads(p.read_text()) for p in sorted((REPO / "workflows" / "
 
 def _ci_widgets(name: str) -> dict:
     """Widget values for a run of a training workflow on the tiny models (node id -> widget -> value):
-    64 px images, 2 iterations of a rank-4 LoRA / a ControlNet, previews every iteration, 64 px samples."""
-    if "train" not in name:
-        return {}
+    64 px images, 2 iterations of a rank-4 LoRA / a ControlNet (personalisation: 2 + 2), previews every
+    iteration, 64 px samples."""
+    trainers = ("SanaSprintDistill", "SanaSprintDistillControlNet", "SanaSprintPersonalize")
     prompt = API[name]
-    distill = next(k for k, v in prompt.items() if v["class_type"].startswith("SanaSprintDistill"))
+    distill = next((k for k, v in prompt.items() if v["class_type"] in trainers), None)
+    if distill is None:
+        return {}
     latent = next(k for k, v in prompt.items() if v["class_type"] == "SanaSprintEmptyLatent")
     widgets = {"10": {"resolution": 64}, latent: {"width": 64, "height": 64, "aspect_ratio": "custom"},
                distill: {"steps": 2, "preview_every": 1, "save_every": 0, "output_name": f"browser_{name}",
                          "learning_rate": 1e-3}}
     if prompt[distill]["class_type"] == "SanaSprintDistill":
         widgets[distill].update(rank=4, alpha=4.0)
+    if prompt[distill]["class_type"] == "SanaSprintPersonalize":
+        widgets[distill].update(rank=4, teacher_rank=4, teacher_steps=2)
     for k, v in prompt.items():
         if v["class_type"] in ("SanaSprintControlNetApply",):
             widgets[k] = {"width": 64, "height": 64}
@@ -72,6 +76,7 @@ def server(tmp_path_factory):
     base = new_base(tmp_path_factory, "comfy_base_workflows")
     write_tiny_teacher(base / "models")
     write_training_images(base / "input" / "sana_sprint_training")
+    write_training_images(base / "input" / "sana_sprint_personalize")
     write_workflow_inputs(base)
     srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log")
     try:

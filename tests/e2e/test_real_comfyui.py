@@ -39,9 +39,9 @@ NODE_IDS = ("SanaSprintDiTLoader", "SanaSprintTextEncoderLoader", "SanaSprintVAE
             "SanaSprintControlNetLoader", "SanaSprintHEDPreprocessor", "SanaSprintControlNetApply",
             "SanaSprintDataset", "SanaSprintPrecompute", "SanaSprintDistill", "SanaSprintLossGraph",
             "SanaSprintSaveLoRA", "SanaSprintSaveStudent", "SanaSprintLoraLoader", "SanaSprintDistillControlNet",
-            "SanaSprintSaveControlNet")
+            "SanaSprintSaveControlNet", "SanaSprintPersonalize")
 # Train a model on a folder of images: run by tests/e2e/test_real_training.py with their own inputs.
-RUN_ELSEWHERE = {"sana_sprint_train_lora", "sana_sprint_train_controlnet"}
+RUN_ELSEWHERE = {"sana_sprint_train_lora", "sana_sprint_train_controlnet", "sana_sprint_personalize"}
 # Widget input types; SANA_SCRIBBLE is the scribble pad's canvas, a widget of the pack's frontend extension.
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "SANA_SCRIBBLE"}
 

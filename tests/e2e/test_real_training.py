@@ -5,7 +5,8 @@
 A server with the pack, the tiny models plus a tiny teacher, and a folder of images with captions in
 its input folder runs the shipped training workflow (CI-sized values), streams progress events,
 progress text and previews, is interrupted through /interrupt and resumed, and ComfyUI's own
-LoraLoaderModelOnly loads the trained LoRA. The ControlNet training workflow runs too: a Sprint
+LoraLoaderModelOnly loads the trained LoRA. The personalisation workflow trains both LoRAs and its
+Sprint LoRA, saved and loaded back on the Sprint model, gives the node's own latents. The ControlNet training workflow runs too: a Sprint
 ControlNet distilled from the tiny Sana HED ControlNet steers the sampler, and its saved file,
 loaded back by SanaSprintControlNetLoader, gives the same latents.
 """
@@ -34,9 +35,10 @@ REPO = Path(__file__).resolve().parents[2]
 PACK = "ComfyUI-SanaSprint"
 WORKFLOW = REPO / "workflows" / "api" / "sana_sprint_train_lora.json"
 CN_WORKFLOW = REPO / "workflows" / "api" / "sana_sprint_train_controlnet.json"
+PERSONAL_WORKFLOW = REPO / "workflows" / "api" / "sana_sprint_personalize.json"
 TRAINING_NODES = ("SanaSprintDataset", "SanaSprintPrecompute", "SanaSprintDistill", "SanaSprintLossGraph",
                   "SanaSprintSaveLoRA", "SanaSprintSaveStudent", "SanaSprintLoraLoader",
-                  "SanaSprintDistillControlNet", "SanaSprintSaveControlNet")
+                  "SanaSprintDistillControlNet", "SanaSprintSaveControlNet", "SanaSprintPersonalize")
 DISTILL, SAVE_LORA, LOSS_GRAPH = "12", "13", "14"
 SAVE_CONTROLNET = "13"  # in the ControlNet workflow (Distill and Loss Graph have the ids above)
 
@@ -48,6 +50,7 @@ def start_server(tmp_path_factory, name: str, env: dict | None = None) -> ComfyS
     base = new_base(tmp_path_factory, name)
     write_tiny_teacher(base / "models")
     write_training_images(base / "input" / "sana_sprint_training")
+    write_training_images(base / "input" / "sana_sprint_personalize")
     pixels = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8).numpy()
     Image.fromarray(pixels).save(base / "input" / "example.png")  # the control photo of the ControlNet workflow
     srv = ComfyServer(Path(COMFYUI_DIR), base, base / "server.log", env=env)
@@ -363,3 +366,61 @@ def test_a_second_importable_core_does_not_split_the_classes(tmp_path_factory):
     finally:
         c.close()
         srv.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Personalisation (workflow sana_sprint_personalize)
+
+PERSONALIZE, SAVE_TEACHER_LORA = "12", "21"
+
+
+def personal_prompt(output_name: str, **changes) -> dict:
+    """The shipped personalisation workflow with CI-sized values: 64 px, 2 teacher-LoRA updates, 2 Sprint
+    iterations, rank 4, previews every iteration; the 1-step latent kept with SaveLatent."""
+    prompt = json.loads(PERSONAL_WORKFLOW.read_text())
+    prompt["10"]["inputs"]["resolution"] = 64
+    prompt[PERSONALIZE]["inputs"].update(steps=2, teacher_steps=2, rank=4, teacher_rank=4, learning_rate=1e-3,
+                                         preview_every=1, save_every=0, output_name=output_name, **changes)
+    for node in (SAVE_LORA, SAVE_TEACHER_LORA):
+        prompt[node]["inputs"].update(filename_prefix=f"{output_name}_{node}", weight_dtype="fp32")
+    prompt["5"]["inputs"].update(width=64, height=64, aspect_ratio="custom")
+    prompt["60"] = save_latent("6", output_name)
+    return prompt
+
+
+def test_personalize_workflow_trains_both_loras_and_the_sprint_lora_loads_back(server, client):
+    run, texts, history = submit(client, personal_prompt("e2e_personal"))
+    assert history is not None and history["status"]["status_str"] == "success", run.of_type("execution_error")
+    assert progress_of(run, PERSONALIZE) == [(1, 2), (2, 2), (1, 2), (2, 2)]  # stage 1, then stage 2
+    personal = [t for node, t in texts if node == PERSONALIZE]
+    assert personal[0].startswith("teacher LoRA step 1/2  loss_fm ") and personal[2].startswith("step 1/2 (G)")
+    for node in ("8", "18"):  # the personalised Sprint model at 1 and 2 steps
+        (item,) = history["outputs"][node]["images"]
+        assert Image.open(io.BytesIO(server.view(item))).size == (64, 64)
+    loras = server.base / "models" / "loras"
+    sprint_file, teacher_file = (loras / f"e2e_personal_{n}_00001.safetensors" for n in (SAVE_LORA, SAVE_TEACHER_LORA))
+    assert history["outputs"][SAVE_LORA]["text"] == [f"saved {sprint_file}"]
+    with safe_open(str(sprint_file), framework="pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert meta["sana_sprint.kind"] == "lora" and not any(k.endswith((".diff", ".diff_b")) for k in keys)
+    with safe_open(str(teacher_file), framework="pt") as f:
+        assert f.metadata()["sana_sprint.kind"] == "teacher_lora"
+    # the saved Sprint LoRA on the Sprint model (SanaSprintLoraLoader, and ComfyUI's own loader: adapters
+    # only, so it loads every key) gives the latents of the node's personalised MODEL
+    base = json.loads(PERSONAL_WORKFLOW.read_text())
+    prompt = {k: base[k] for k in ("1", "2", "4", "5", "6")}
+    prompt["5"]["inputs"].update(width=64, height=64, aspect_ratio="custom")
+    prompt["40"] = {"class_type": "SanaSprintLoraLoader",
+                    "inputs": {"model": ["1", 0], "lora_name": sprint_file.name, "strength": 1.0}}
+    prompt["41"] = {"class_type": "LoraLoaderModelOnly",
+                    "inputs": {"model": ["1", 0], "lora_name": sprint_file.name, "strength_model": 1.0}}
+    for i, model in enumerate(("40", "41", "1")):
+        prompt[f"5{i}"] = dict(base["6"], inputs={**base["6"]["inputs"], "model": [model, 0]})
+        prompt[f"6{i}"] = save_latent(f"5{i}", f"personal{i}")
+    run, _, loaded = submit(client, prompt)
+    assert loaded["status"]["status_str"] == "success", run.of_type("execution_error")
+    trained = _latent(server, history, "60")
+    ours, core, plain = (_latent(server, loaded, f"6{i}") for i in range(3))
+    torch.testing.assert_close(ours, trained, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(core, trained, rtol=1e-5, atol=1e-5)
+    assert (trained - plain).abs().max() > 1e-4  # the LoRA changes the Sprint model's output

@@ -34,7 +34,7 @@ def test_public_api_matches_the_golden_file(nodes):
 
 
 def test_every_node_is_prefixed_categorised_and_described(nodes):
-    assert len(nodes) == 24
+    assert len(nodes) == 25
     for node_id, cls in nodes.items():
         schema = cls.define_schema()
         schema.validate()

@@ -40,7 +40,7 @@ UI = {name: json.loads(build.ui_path(name).read_text()) for name in build.WORKFL
 
 def test_committed_files_equal_the_generator_output():
     files = build.render()
-    assert len(files) == 20
+    assert len(files) == 22
     for path, text in files.items():
         assert path.read_text() == text, f"{path} is stale: run python workflows/build.py"
     assert sorted(API) == sorted(UI) == sorted(build.WORKFLOWS)
@@ -180,8 +180,8 @@ def _execute(prompt: dict, nodes: dict, input_image: torch.Tensor) -> dict:
 
 
 # Train a model: run with CI-sized inputs (64 px images, 3 iterations) by tests/nodes/test_training_nodes.py
-# and tests/nodes/test_controlnet_training_nodes.py.
-RUN_ELSEWHERE = {"sana_sprint_train_lora", "sana_sprint_train_controlnet"}
+# tests/nodes/test_controlnet_training_nodes.py and tests/nodes/test_personalize_nodes.py.
+RUN_ELSEWHERE = {"sana_sprint_train_lora", "sana_sprint_train_controlnet", "sana_sprint_personalize"}
 
 
 @pytest.mark.parametrize("name", sorted(set(API) - RUN_ELSEWHERE))
