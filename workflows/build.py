@@ -446,7 +446,7 @@ SIZES = {
     "SanaSprintHEDPreprocessor": (280, 380), "SanaSprintControlNetApply": (260, 180), "SaveImage": (320, 360),
     "LoadImage": (280, 350), "SanaSprintDataset": (300, 260), "SanaSprintPrecompute": (320, 270),
     "SanaSprintDistill": (340, 760), "SanaSprintDistillControlNet": (340, 760), "SanaSprintSaveLoRA": (260, 134),
-    "SanaSprintSaveControlNet": (260, 110), "SanaSprintLossGraph": (320, 300), "SanaSprintPersonalize": (340, 880),
+    "SanaSprintSaveControlNet": (260, 110), "SanaSprintLossGraph": (320, 300), "SanaSprintPersonalize": (400, 880),
 }
 NODE_TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT of the frontend
 GAP_X, GAP_Y, MARGIN = 60, 20, 40
