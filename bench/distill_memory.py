@@ -1,6 +1,6 @@
 """Predicted peak memory of one distillation iteration at the real sizes, without a GPU.
 
-    python -m bench.distill_memory [--model 1600m|600m] [--mode lora|full] [--optimizer adamw|adafactor]
+    python -m bench.distill_memory [--model 1600m|600m] [--mode lora|full|personalize] [--optimizer adamw|adafactor]
                                    [--batch 1] [--resolution 1024] [--json FILE]
 
 Method: the real trainer objects (teacher DiT in bf16, student from trainers.student.build_pair,
@@ -8,7 +8,8 @@ LADD heads, the optimisers) are built under torch's FakeTensorMode, so every ten
 shape and dtype but no storage. One G step and one D step (trainers.steps, bf16 autocast,
 gradient checkpointing on, the JVP included) and both optimiser steps then run on fake tensors while
 a dispatch-level tracker (LiveBytes, below) adds up the bytes of every live tensor storage after each
-op and records the peak with its split into parameters, gradients, optimiser states and the rest
+op and records the peak with its split into parameters, gradients, optimiser states (with the EMA's
+fp32 shadow of the trainable tensors, train.ema) and the rest
 (activations + temporaries). Models are built on the meta device, then given fake CPU tensors.
 
 What it does not see: the CUDA context (~0.3-0.6 GiB), the caching allocator's fragmentation and
@@ -33,8 +34,9 @@ from torch.utils._pytree import tree_leaves
 from sana_sprint_core.constants import GEMMA_HIDDEN, LATENT_CHANNELS, LATENT_DOWNSCALE, MAX_TEXT_TOKENS
 from sana_sprint_core.dit import SanaSprintDiT
 from sana_sprint_core.dit_config import PRESETS
-from trainers.config import DistillConfig, ModelConfig
+from trainers.config import Config, DistillConfig, ModelConfig, PersonalizeConfig
 from trainers.discriminator import Discriminator
+from trainers.personalize import build_personal_pair
 from trainers.steps import Batch, Draws, Nets, discriminator_step, generator_step
 from trainers.student import build_pair
 
@@ -136,11 +138,21 @@ def to_fake(module: nn.Module) -> None:
 
 
 def build(model: str, mode: str, optimizer: str):
-    """Teacher, student, heads and optimisers of the real trainer at the preset size (meta, then fake)."""
+    """Teacher, student, heads and optimisers of the real trainer at the preset size (meta, then fake).
+
+    mode personalize: personalisation stage 2 (trainers.personalize.build_personal_pair): the teacher
+    with its LoRA merged and the released Sprint DiT, both bf16 and frozen, LoRA adapters on the Sprint
+    DiT; the largest of the two stages (stage 1 holds one base and smaller adapters, no heads)."""
     config = PRESETS[f"teacher_{model}"]
     with torch.device("meta"):
         teacher = SanaSprintDiT(config, dtype=torch.bfloat16).requires_grad_(False)
-        pair = build_pair(teacher, ModelConfig(mode=mode, gradient_checkpointing=True))
+        if mode == "personalize":
+            sprint = SanaSprintDiT(config.replace(guidance_embeds=True), dtype=torch.bfloat16)
+            cfg = Config(model=ModelConfig(mode="lora", gradient_checkpointing=True),
+                         personalize=PersonalizeConfig(enabled=True, sprint="(fake)"))
+            pair = build_personal_pair(cfg, "meta", {"teacher": teacher, "sprint": sprint})
+        else:
+            pair = build_pair(teacher, ModelConfig(mode=mode, gradient_checkpointing=True))
         blocks = [b for b in DistillConfig().head_blocks if b < config.num_layers]
         disc = Discriminator(config.hidden_size, blocks)
     for module in (pair.student, pair.teacher.dit, disc):
@@ -174,6 +186,8 @@ def measure(model: str, mode: str, optimizer: str, batch: int, resolution: int, 
                     torch.nn.utils.clip_grad_norm_(params, 0.1)
                     if step == 0:
                         states += optimizer_states(params, optimizer)
+                        if phase == "G":  # train.ema: an fp32 shadow of every trainable tensor
+                            states += [torch.zeros_like(p, dtype=torch.float32) for p in params]
                     for p in params:
                         p.grad = None
     # AdamW's multi-tensor step allocates one fp32 temporary of all trainable sizes (sqrt of exp_avg_sq)
@@ -188,7 +202,7 @@ def measure(model: str, mode: str, optimizer: str, batch: int, resolution: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("1600m", "600m"), default="1600m")
-    parser.add_argument("--mode", choices=("lora", "full"), default="lora")
+    parser.add_argument("--mode", choices=("lora", "full", "personalize"), default="lora")
     parser.add_argument("--optimizer", choices=("adamw", "adafactor"), default="adamw")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--resolution", type=int, default=1024)

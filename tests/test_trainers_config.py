@@ -77,11 +77,13 @@ def test_example_configs_load():
 
     folder = Path(__file__).resolve().parents[1] / "trainers" / "configs"
     files = sorted(folder.glob("*.yaml"))
-    assert len(files) == 5
+    assert len(files) == 6
     for path in files:
         cfg = load_config(path)
         assert cfg.train.distributed == ("fsdp" if path.stem.endswith("_fsdp") else "ddp")
         assert cfg.train.mixed_precision == "bf16"
+        if cfg.personalize.enabled:
+            assert cfg.model.teacher and cfg.personalize.sprint and cfg.model.mode == "lora"
         if cfg.controlnet.mode == "off":
             assert cfg.model.teacher
         else:  # the teacher's base comes from the ControlNet file

@@ -108,3 +108,41 @@ def test_precompute_needs_encoders(tmp_path, images):
     cfg = config_from_dict(trainer_config(tmp_path, data={"image_dir": str(images), "cache_dir": str(tmp_path / "c")}))
     with pytest.raises(ValueError, match="data.text_encoder is empty"):
         precompute(cfg)
+
+
+def test_personalize_from_images_with_prior_prompts(tmp_path, images, encoders):
+    """The command-line route from an image folder: the prior prompts are encoded with data.text_encoder as
+    the captions are, the base teacher draws their latents at the first bucket's size, stage 1 trains on
+    them, stage 2 writes the Sprint LoRA and validation images at 1 and 2 steps."""
+    from sana_sprint_core.checkpoint_io import read_state_dict
+    from sana_sprint_core.dit_loading import save_dit
+    from sana_sprint_core.text_encoder import encode_prompt, load_text_encoder
+    from tests.fixtures.distill import tiny_teacher
+    from trainers.distill import LORA_FILE
+    from trainers.logs import read_rows
+    from trainers.student import with_guidance_embedder
+
+    gemma, vae, _ = encoders
+    teacher_cfg = TINY_TEACHER.replace(caption_channels=64)
+    write_teacher(tmp_path / "teacher.safetensors", config=teacher_cfg)
+    sprint = with_guidance_embedder(tiny_teacher(4, config=teacher_cfg), torch.float32, copy=True)
+    save_dit(sprint, tmp_path / "sprint.safetensors")
+    cfg = config_from_dict(trainer_config(
+        tmp_path, data={"image_dir": str(images), "cache_dir": str(tmp_path / "cache"), "resolution": 64,
+                        "text_encoder": str(gemma), "vae": str(vae), "max_tokens": 8},
+        personalize={"enabled": True, "sprint": str(tmp_path / "sprint.safetensors"), "teacher_steps": 2,
+                     "teacher_rank": 4, "prior_prompts": ["a cat", "a field"], "prior_images": 2,
+                     "prior_sample_steps": 4},
+        train={"batch_size": 1, "validate_every": 2, "validation_prompts": ["a red cat"], "validation_steps": [1, 2],
+               "validation_size": [32, 32]}))
+    out = train(cfg)
+    prior = read_state_dict(out / "teacher_lora" / "prior.safetensors")
+    text, mask = encode_prompt(load_text_encoder(gemma), ["a cat", "a field"], max_tokens=8)  # as precompute: bf16
+    torch.testing.assert_close(prior["text"], text.float().repeat_interleave(2, 0))
+    assert torch.equal(prior["mask"], mask.repeat_interleave(2, 0))
+    first = CachedDataset(tmp_path / "cache").entries[0].size
+    assert prior["latents"].shape == (4, teacher_cfg.in_channels, *first)
+    assert all(float(r["loss_prior"]) > 0 for r in read_rows(out / "teacher_lora" / "loss.csv"))
+    assert (out / LORA_FILE).is_file()
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step_00000002_p0_1step.png",
+                                                                     "step_00000002_p0_2step.png"]
