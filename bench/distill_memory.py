@@ -1,7 +1,7 @@
 """Predicted peak memory of one distillation iteration at the real sizes, without a GPU.
 
     python -m bench.distill_memory [--model 1600m|600m] [--mode lora|full|personalize] [--optimizer adamw|adafactor]
-                                   [--batch 1] [--resolution 1024] [--json FILE]
+                                   [--batch 1] [--resolution 1024] [--no-ladd] [--json FILE]
 
 Method: the real trainer objects (teacher DiT in bf16, student from trainers.student.build_pair,
 LADD heads, the optimisers) are built under torch's FakeTensorMode, so every tensor has its real
@@ -162,19 +162,23 @@ def build(model: str, mode: str, optimizer: str):
     return pair, disc, trainable, list(frozen.values()), blocks
 
 
-def measure(model: str, mode: str, optimizer: str, batch: int, resolution: int, rounds: int = 2) -> dict:
-    """Two G and two D iterations on fake tensors (bf16 autocast); the peak of live bytes, by category."""
+def measure(model: str, mode: str, optimizer: str, batch: int, resolution: int, rounds: int = 2,
+            ladd: bool = True) -> dict:
+    """Two G and two D iterations on fake tensors (bf16 autocast); the peak of live bytes, by category.
+    ladd=False: sCM only (ladd_weight 0): no heads, no D iterations."""
     with FakeTensorMode(allow_non_fake_inputs=True):
         pair, disc, trainable, frozen, blocks = build(model, mode, optimizer)
-        cfg = DistillConfig(head_blocks=blocks)
-        nets = Nets.local(pair.student, pair.teacher, disc)
+        if not ladd:
+            disc = nn.Module()  # no heads: nothing to count
+        cfg = DistillConfig(head_blocks=blocks, ladd=ladd)
+        nets = Nets.local(pair.student, pair.teacher, disc if ladd else None)
         states: list = []
         tracker = LiveBytes(categorizer(trainable, frozen, disc, states))
         for t in [*trainable, *frozen, *disc.parameters(), *disc.buffers()]:
             tracker.add(t)
         with tracker:
             for step in range(rounds):  # the second round runs with the optimiser states allocated
-                for phase in ("G", "D"):
+                for phase in ("G", "D") if ladd else ("G",):
                     data = fake_batch(batch, resolution)
                     draws = Draws(torch.Generator().manual_seed(step), "cpu")
                     params = trainable if phase == "G" else list(disc.parameters())
@@ -194,6 +198,7 @@ def measure(model: str, mode: str, optimizer: str, batch: int, resolution: int, 
     step_transient = 4 * max(sum(p.numel() for p in trainable), sum(p.numel() for p in disc.parameters()))
     step_transient = step_transient if optimizer == "adamw" else 0
     return {"model": model, "mode": mode, "optimizer": optimizer, "batch": batch, "resolution": resolution,
+            "ladd": ladd,
             "peak_gib": round(tracker.peak / GIB, 3), "optimizer_step_transient_gib": round(step_transient / GIB, 3),
             "at_peak_gib": {k: round(v / GIB, 3) for k, v in tracker.at_peak.items()},
             "at_peak_bytes": dict(tracker.at_peak)}
@@ -206,10 +211,11 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=("adamw", "adafactor"), default="adamw")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--resolution", type=int, default=1024)
+    parser.add_argument("--no-ladd", action="store_true", help="sCM only (ladd_weight 0): no heads, no D iterations")
     parser.add_argument("--json", default=None, help="append the result as one JSON line to this file")
     args = parser.parse_args()
     t0 = time.time()
-    result = measure(args.model, args.mode, args.optimizer, args.batch, args.resolution)
+    result = measure(args.model, args.mode, args.optimizer, args.batch, args.resolution, ladd=not args.no_ladd)
     result["seconds"] = round(time.time() - t0, 1)
     result.pop("at_peak_bytes")
     print(json.dumps(result))

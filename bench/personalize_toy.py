@@ -36,8 +36,7 @@ from pathlib import Path
 import torch
 
 from bench.distill_toy import (
-    CHANNELS, CONFIG, SIDE, TOKENS, batch_of, class_texts, make_data, mean_sd, sliced_w1, teacher_euler, train_teacher,
-    write_cache,
+    CHANNELS, SIDE, TOKENS, class_texts, make_data, mean_sd, sliced_w1, teacher_euler, train_teacher, write_cache,
 )
 from sana_sprint_core import trigflow
 from sana_sprint_core.constants import SIGMA_DATA, T_MAX

@@ -50,7 +50,8 @@ def _inputs() -> list:
         io.Int.Input("teacher_rank", default=16, min=1, max=1024, tooltip="Stage 1: rank of the teacher LoRA."),
         *run_inputs(1e-4, "Stage 2 (the Sprint LoRA); 1e-4 suits LoRA.", "sana_sprint_personalize"),
         io.Int.Input("prior_images", default=4, min=1, max=1024,
-                     tooltip="Samples of the prior prompt (input prior) drawn by the base teacher (20 steps, CFG 4.5)."),
+                     tooltip="Samples of the prior prompt (input prior) drawn by the base teacher (20 steps, "
+                             "CFG 4.5)."),
         io.Float.Input("prior_weight", default=1.0, min=0.0, max=100.0, step=0.05,
                        tooltip="Weight of the prior's flow loss in stage 1 (0: no prior preservation)."),
         io.Conditioning.Input("prior", optional=True,

@@ -80,14 +80,16 @@ def test_cli_run_trains_both_stages_and_the_lora_loads_on_the_sprint_model(works
         keys, meta = set(f.keys()), f.metadata()
     assert not any(k.endswith((".diff", ".diff_b")) for k in keys)  # adapters only: the Sprint embedder stays
     assert meta["sana_sprint.base_model_sha256"] == weights_sha256(workspace / "sprint.safetensors")
-    assert json.loads(meta["sana_sprint.train_config"])["personalize"]["teacher_lora"].endswith("teacher_lora.safetensors")
+    config = json.loads(meta["sana_sprint.train_config"])
+    assert config["personalize"]["teacher_lora"].endswith("teacher_lora.safetensors")
     # the LoRA on the released Sprint model through the core loader = the merged personalised student
     dit = load_dit(workspace / "sprint.safetensors")
     apply_lora_files(dit, [(str(out / LORA_FILE), 1.0)])
     merged = read_state_dict(out / STUDENT_FILE)
     for key, value in dit.state_dict().items():
         torch.testing.assert_close(value, merged[key], rtol=1e-6, atol=1e-6)
-    moved = [k for k in merged if not torch.equal(merged[k], load_dit(workspace / "sprint.safetensors").state_dict()[k])]
+    released = load_dit(workspace / "sprint.safetensors").state_dict()
+    moved = [k for k in merged if not torch.equal(merged[k], released[k])]
     assert moved and all(".attn" in k for k in moved)
 
 
@@ -162,7 +164,8 @@ def test_stop_in_either_stage_then_resume_equals_an_uninterrupted_run(workspace)
     ({"model": {"mode": "full"}}, "set model.mode 'lora'"),
     ({"personalize": {"teacher_steps": 0}}, "personalize.teacher_steps must be positive"),
     ({"personalize": {"prior_prompts": [""]}}, "prior_prompts must hold non-empty strings"),
-    ({"controlnet": {"mode": "distill", "backbone": "x", "teacher_controlnet": "y"}}, "cannot be combined with controlnet"),
+    ({"controlnet": {"mode": "distill", "backbone": "x", "teacher_controlnet": "y"}},
+     "cannot be combined with controlnet"),
 ])
 def test_config_errors(workspace, change, message):
     with pytest.raises(ValueError, match=message):

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from sana_sprint_core.constants import (
     ADV_LAMBDA, CLIP_RATIO, CONTROLNET_BLOCKS, DISC_HEAD_BLOCKS, DISC_P_MEAN, DISC_P_STD, EMA_MAX_DECAY,
-    HED_SIZE_MULTIPLE, LR_MIN_RATIO,
-    LARGEST_TIMESTEP_PROB, LR_FULL, MAX_IMAGE_SIDE, MAX_STEPS, MAX_TEXT_TOKENS, SCM_CFG_SCALES, SCM_LAMBDA,
-    SCM_P_MEAN, SCM_P_STD, SCRIBBLE_TRAIN_THICKNESS_MAX, TANGENT_NORM_EPS, TANGENT_WARMUP_STEPS,
+    HED_SIZE_MULTIPLE, LARGEST_TIMESTEP_PROB, LR_FULL, LR_MIN_RATIO, MAX_IMAGE_SIDE, MAX_STEPS, MAX_TEXT_TOKENS,
+    SCM_CFG_SCALES, SCM_LAMBDA, SCM_P_MEAN, SCM_P_STD, SCRIBBLE_TRAIN_THICKNESS_MAX, TANGENT_NORM_EPS,
+    TANGENT_WARMUP_STEPS,
 )
 from sana_sprint_core.controlnet import WIRINGS
 
@@ -274,7 +274,8 @@ def validate(cfg: Config) -> Config:
         if value < 0:
             raise ValueError(f"config key {key} must be >= 0, got {value}")
     if not 0.0 <= cfg.optim.lr_min_ratio <= 1.0:
-        raise ValueError(f"config key optim.lr_min_ratio must be in [0, 1] (1 = no decay), got {cfg.optim.lr_min_ratio}")
+        raise ValueError(f"config key optim.lr_min_ratio must be in [0, 1] (1 = no decay), "
+                         f"got {cfg.optim.lr_min_ratio}")
     if not 0.0 <= cfg.train.ema_max_decay < 1.0:
         raise ValueError(f"config key train.ema_max_decay must be in [0, 1) (0.999: about the last 1000 updates), "
                          f"got {cfg.train.ema_max_decay}")

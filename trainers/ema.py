@@ -47,7 +47,8 @@ class Ema:
         """Strict: the same names and shapes as the trained tensors."""
         if set(state) != set(self.shadow):
             diff = sorted(set(state) ^ set(self.shadow))[:8]
-            raise ValueError(f"{source}: EMA tensors do not match this run's trainable tensors; differing names: {diff}")
+            raise ValueError(f"{source}: EMA tensors do not match this run's trainable tensors; "
+                             f"differing names: {diff}")
         for name, value in state.items():
             self.shadow[name].copy_(value)
 

@@ -27,7 +27,7 @@ from sana_sprint_core.dit import SanaSprintDiT, set_cross_attention
 from sana_sprint_core.lora_formats import check_against, merge_into, read_lora
 
 from .config import Config
-from .export import LORA_FILE, DIFFUSERS_LORA_FILE, STUDENT_FILE, diffusers_lora, dit_like, export_student, lora_file
+from .export import DIFFUSERS_LORA_FILE, LORA_FILE, STUDENT_FILE, diffusers_lora, dit_like, export_student, lora_file
 from .prepare import fm_loss
 from .steps import Batch, Draws, Nets
 from .student import DTYPES, Pair, Student, Teacher, add_lora, check_loaded_teacher, load_teacher

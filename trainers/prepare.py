@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from sana_sprint_core.dit import SanaSprintDiT
-from sana_sprint_core.dit_loading import load_dit, save_dit
 from sana_sprint_core.dit_layers import at_least_fp32
+from sana_sprint_core.dit_loading import load_dit, save_dit
 
 from . import losses
 from .config import Config, PrepareConfig

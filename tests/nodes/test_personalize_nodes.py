@@ -91,8 +91,9 @@ def test_the_models_are_left_alone_and_the_lora_loads_on_the_sprint_model(nodes,
     latent = run(nodes["SanaSprintEmptyLatent"], width=64, height=64, batch_size=1, aspect_ratio="custom")[0]
 
     def sample(m):
-        return run(nodes["SanaSprintSampler"], model=m, positive=env.prior, latent_image=latent, seed=3, steps=1,
-                   guidance=4.5, max_timestep=1.5708, intermediate_timestep=1.3, denoise=1.0, timesteps="")[0]["samples"]
+        out = run(nodes["SanaSprintSampler"], model=m, positive=env.prior, latent_image=latent, seed=3, steps=1,
+                  guidance=4.5, max_timestep=1.5708, intermediate_timestep=1.3, denoise=1.0, timesteps="")
+        return out[0]["samples"]
 
     from_node, from_file, plain = sample(model), sample(loaded), sample(env.sprint)
     torch.testing.assert_close(from_file, from_node, rtol=1e-5, atol=1e-5)
