@@ -11,7 +11,7 @@ from tests.fixtures.distill import trainer_config, write_synthetic_cache, write_
 from trainers.config import OptimConfig, config_from_dict
 from trainers.distill import LORA_FILE, STUDENT_FILE, train
 from trainers.ema import Ema, ema_decay
-from trainers.logs import read_rows
+from trainers.logs import clipping_summary, read_rows
 from trainers.optim import Clipper, apply_update, lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,6 +88,8 @@ def test_run_exports_the_ema_and_logs_clipping(workspace):
     g_rows = [r for r in rows if r["phase"] == "G"]
     assert g_rows[0]["clip_at"] == "inf" and g_rows[0]["clipped"] == "0"
     assert all(math.isfinite(float(r["clip_at"])) for r in g_rows[1:]) and {r["clipped"] for r in rows} <= {"0", "1"}
+    clipped = sum(int(r["clipped"]) for r in g_rows)
+    assert clipping_summary(rows).startswith(f"student updates clipped: {clipped} of 2 (")
     lrs = [float(r["lr"]) for r in g_rows]
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)  # cosine to lr_min_ratio 0.1
 

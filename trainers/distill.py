@@ -29,7 +29,7 @@ from .config import Config, config_to_json, load_config, save_config
 from .discriminator import Discriminator
 from .ema import Ema
 from .export import DIFFUSERS_LORA_FILE, LORA_FILE, STUDENT_FILE, metadata, weights_sha256
-from .logs import LossLog, plot_losses
+from .logs import LossLog, clipping_summary, plot_losses, read_rows
 from .modes import TEACHER_LORA, Mode, mode_of
 from .optim import Clipper, apply_update, clipper, lr_factor, make_optimizer
 from .precompute import CachedDataset, cache_is_current, precompute
@@ -454,7 +454,9 @@ def _run(args) -> int:
     if args.precompute_only:
         print(precompute(cfg, "cuda" if torch.cuda.is_available() else "cpu"))
         return 0
-    print(train(cfg))
+    out = train(cfg)
+    print(clipping_summary(read_rows(out / "loss.csv")))
+    print(out)
     return 0
 
 

@@ -60,6 +60,17 @@ def _smooth(values: list[float], beta: float = 0.9) -> list[float]:
     return out
 
 
+def clipping_summary(rows: list[dict]) -> str:
+    """'student updates clipped: k of n (p %); median pre-clip norm m' of the G rows of a loss log."""
+    g = [r for r in rows if r.get("phase") == "G" and r.get("clipped") not in ("", None)]
+    if not g:
+        return "student updates clipped: no updates logged"
+    clipped = sum(int(r["clipped"]) for r in g)
+    norms = sorted(float(r["grad_norm"]) for r in g)
+    return (f"student updates clipped: {clipped} of {len(g)} ({100 * clipped / len(g):.1f} %); median pre-clip "
+            f"gradient norm {norms[len(norms) // 2]:.4g}")
+
+
 def plot_losses(csv_path: str | Path, png_path: str | Path, size: tuple[int, int] = (900, 500)) -> Path:
     """The loss plot of a loss CSV (`draw_losses`), written to png_path."""
     draw_losses(read_rows(csv_path), size).save(png_path)
