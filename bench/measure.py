@@ -57,7 +57,23 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
-    """A one-line description of where the numbers were taken."""
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} intra-op threads)")
+    """A one-line description of where the numbers were taken: the CPU, its vector extensions as torch
+    dispatches them, native bf16 or not, threads and torch."""
+    from sana_sprint_core.precision import cpu_has_bf16
+
+    return (f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()}, native bf16 "
+            f"{'yes' if cpu_has_bf16() else 'no'}), {os.cpu_count()} CPU threads, torch {torch.__version__} "
+            f"({torch.get_num_threads()} intra-op threads)")

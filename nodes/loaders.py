@@ -17,6 +17,8 @@ from ..sana_sprint_core.controlnet import WIRINGS
 from ..sana_sprint_core.controlnet_loading import load_controlnet
 from ..sana_sprint_core.dcae import load_vae
 from ..sana_sprint_core.dit_loading import load_dit
+from ..sana_sprint_core.precision import STORAGE_DTYPES, is_fp8
+from ..sana_sprint_core.precision import compute_dtype as precision_compute_dtype
 from ..sana_sprint_core.text_encoder import load_text_encoder
 from . import model_files
 from .comfy_model import ManagedModule, SanaSprintModelConfig, dit_patcher
@@ -27,17 +29,27 @@ VaeType = io.Custom("SANA_VAE")
 ControlNetType = io.Custom("SANA_CONTROLNET")
 AUTO_WIRING = "auto"
 
-_NAMED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DIT_DTYPES = ["auto", "bf16", "fp16", "fp32"]
-# fp16 is left out for Gemma-2 and DC-AE: both overflow fp16 activations.
-TE_DTYPES = ["auto", "bf16", "fp32"]
+_NAMED_DTYPES = {**STORAGE_DTYPES, "fp8_e4m3fn_fast": torch.float8_e4m3fn}
+# Options are only ever appended (saved workflows keep their values).
+DIT_DTYPES = ["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+# fp16 is left out for Gemma-2 and DC-AE: both overflow fp16 activations; fp8 storage for Gemma-2 only.
+TE_DTYPES = ["auto", "bf16", "fp32", "fp8_e4m3fn", "fp8_e5m2"]
 VAE_DTYPES = ["auto", "bf16", "fp32"]
+_TOOLTIPS = {
+    "DiT": "auto: bf16 on GPUs that support it, else fp32 (ComfyUI's --bf16/--fp32 flags apply); on the CPU bf16 "
+           "weights computed in fp32 (half the memory of fp32). fp8_*: weights stored in fp8 (half of bf16), "
+           "computed in bf16 (fp32 on the CPU); fp8_e4m3fn_fast also multiplies in fp8 on GPUs that can (RTX 40xx).",
+    "ControlNet": "as for the DiT: auto (bf16 on GPUs, bf16 weights computed in fp32 on the CPU), or fp8 storage.",
+    "Gemma-2": "auto: bf16 on GPUs that support it, else fp32; on the CPU bf16 weights computed in fp32, or in bf16 "
+               "on CPUs with native bf16. fp8_*: weights stored in fp8 (about 3.2 GB instead of 5.2), computed in "
+               "bf16 (fp32 on CPUs without bf16); encoding runs once per prompt.",
+    "DC-AE": "auto: bf16 on GPUs that support it, else fp32 (the CPU: fp32).",
+}
 
 
 def _dtype_input(options: list[str], what: str) -> io.Combo.Input:
     return io.Combo.Input("weight_dtype", options=options, default="auto",
-                          tooltip=f"Dtype of the {what} weights. auto: bf16 on GPUs that support it, else fp32 "
-                                  f"(ComfyUI's --bf16/--fp32 flags apply).")
+                          tooltip=f"Dtype of the {what} weights. {_TOOLTIPS[what]}")
 
 
 def _auto_or(name: str, auto: torch.dtype) -> torch.dtype:
@@ -50,12 +62,27 @@ def _gpu_bf16_or_fp32(device) -> torch.dtype:
 
 
 def _dit_dtypes(weight_dtype: str):
-    """(device, weight dtype, manual-cast compute dtype or None, operations) as for the DiT."""
+    """(device, weight dtype, manual-cast compute dtype or None, operations) as for the DiT: ComfyUI's
+    own choice of compute dtype and layer classes (manual cast; fp8_ops for fp8_e4m3fn_fast on GPUs
+    that multiply in fp8). auto on the CPU stores bf16 (ComfyUI's own auto would store fp32)."""
     device = mm.get_torch_device()
     supported = SanaSprintModelConfig.supported_inference_dtypes
-    dtype = _auto_or(weight_dtype, mm.unet_dtype(device, supported_dtypes=supported))
+    auto = torch.bfloat16 if device.type == "cpu" else mm.unet_dtype(device, supported_dtypes=supported)
+    dtype = _auto_or(weight_dtype, auto)
     compute = mm.unet_manual_cast(dtype, device, supported)
-    return device, dtype, compute, comfy.ops.pick_operations(dtype, compute, load_device=device)
+    ops = comfy.ops.pick_operations(dtype, compute, load_device=device,
+                                    fp8_optimizations=weight_dtype == "fp8_e4m3fn_fast")
+    return device, dtype, compute, ops
+
+
+def _text_encoder_dtypes(weight_dtype: str, device) -> tuple[torch.dtype, torch.dtype]:
+    """(storage, compute) of Gemma-2: bf16 or fp32 on GPUs as ComfyUI would pick; on the CPU bf16 storage
+    computed per precision.compute_dtype; fp8 storage computed in bf16 (fp32 where bf16 is missing)."""
+    if device.type == "cpu":
+        storage = _auto_or(weight_dtype, torch.bfloat16)
+        return storage, precision_compute_dtype(storage, device)
+    storage = _auto_or(weight_dtype, _gpu_bf16_or_fp32(device))
+    return storage, _gpu_bf16_or_fp32(device) if is_fp8(storage) else storage
 
 
 class SanaSprintDiTLoader(io.ComfyNode):
@@ -85,7 +112,7 @@ class SanaSprintDiTLoader(io.ComfyNode):
     def execute(cls, model_name, weight_dtype) -> io.NodeOutput:
         path = model_files.resolve(model_files.DIT, model_name)
         _, dtype, compute, ops = _dit_dtypes(weight_dtype)
-        dit = load_dit(path, dtype=dtype, device=mm.unet_offload_device(), operations=ops)
+        dit = load_dit(path, dtype=dtype, device=mm.unet_offload_device(), operations=ops, compute_dtype=compute)
         return io.NodeOutput(dit_patcher(dit, manual_cast_dtype=compute))
 
 
@@ -116,8 +143,8 @@ class SanaSprintTextEncoderLoader(io.ComfyNode):
     def execute(cls, text_encoder_name, weight_dtype) -> io.NodeOutput:
         path = model_files.resolve(model_files.TEXT_ENCODER, text_encoder_name)
         device, offload = mm.text_encoder_device(), mm.text_encoder_offload_device()
-        dtype = _auto_or(weight_dtype, _gpu_bf16_or_fp32(device))
-        encoder = load_text_encoder(path, dtype=dtype, device=offload)
+        storage, compute = _text_encoder_dtypes(weight_dtype, device)
+        encoder = load_text_encoder(path, dtype=storage, device=offload, compute_dtype=compute)
         return io.NodeOutput(ManagedModule(encoder, encoder.model, device, offload, "gemma2"))
 
 
@@ -181,9 +208,9 @@ class SanaSprintControlNetLoader(io.ComfyNode):
     @classmethod
     def execute(cls, controlnet_name, weight_dtype, wiring) -> io.NodeOutput:
         path = model_files.resolve(model_files.CONTROLNET, controlnet_name)
-        _, dtype, _, ops = _dit_dtypes(weight_dtype)
+        _, dtype, compute, ops = _dit_dtypes(weight_dtype)
         controlnet = load_controlnet(path, dtype=dtype, device=mm.unet_offload_device(), operations=ops,
-                                     wiring=None if wiring == AUTO_WIRING else wiring)
+                                     wiring=None if wiring == AUTO_WIRING else wiring, compute_dtype=compute)
         return io.NodeOutput(controlnet_module(controlnet))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from .constants import DEFAULT_GUIDANCE, MAX_STEPS, T_INTERMEDIATE_2STEP, T_MAX
 from .offload import OFFLOAD_MODES
 
-_DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2")  # precision.STORAGE_DTYPES, plus auto
 _TILED = {"auto": "auto", "on": True, "off": False}
 
 
@@ -36,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--intermediate-timestep", type=float, default=T_INTERMEDIATE_2STEP,
                    help="middle time of the 2-step schedule")
     g.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu, cuda or cuda:N")
-    g.add_argument("--dtype", choices=sorted(_DTYPES), default="auto", help="weights dtype (auto: as stored)")
+    g.add_argument("--dtype", choices=_DTYPES, default="auto",
+                   help="storage dtype of the DiT and Gemma-2 weights (fp8: half of bf16's memory). auto: as stored on "
+                        "CUDA, bf16 on the CPU. Each model computes in bf16 on CUDA (fp8 too) and in fp32 on a CPU "
+                        "without native bf16 (docs/benchmarks.md)")
     g.add_argument("--offload", choices=OFFLOAD_MODES, default="none",
                    help="low VRAM: text_encoder = Gemma on the GPU only to encode; sequential = also the DiT "
                         "block by block and the DC-AE only to decode (leanest; see docs/benchmarks.md)")
@@ -55,20 +58,17 @@ def _cuda() -> bool:
 
 
 def _load(args):
-    import torch
-
     from .model_files import find_model, missing_models_message
     from .pipeline import SprintPipeline
 
-    dtype = getattr(torch, _DTYPES[args.dtype]) if _DTYPES[args.dtype] else None
     paths = {"dit": args.dit, "text_encoder": args.text_encoder, "vae": args.vae}
     for kind, path in paths.items():
         paths[kind] = path or find_model(args.models_dir, kind)
     missing = [kind for kind, path in paths.items() if path is None]
     if missing:
         raise FileNotFoundError(missing_models_message(args.models_dir, missing))
-    return SprintPipeline.from_files(paths["dit"], paths["text_encoder"], paths["vae"], dtype=dtype, device=args.device,
-                                     offload=args.offload)
+    return SprintPipeline.from_files(paths["dit"], paths["text_encoder"], paths["vae"], dtype=args.dtype,
+                                     device=args.device, offload=args.offload)
 
 
 def _timesteps(text: str | None) -> list[float] | None:

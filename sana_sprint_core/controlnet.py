@@ -37,6 +37,7 @@ from .dit import BlockInputs, SanaBlock, SanaSprintDiT
 from .dit_config import DiTConfig
 from .dit_layers import CaptionProjection, RMSNorm, TimeGuidanceEmbed, mask_to_bias
 from .ops import factory_kwargs, resolve
+from .precision import is_fp8
 from .sampler import check_finite, sample
 from .trigflow_model import TrigFlowModel
 
@@ -165,18 +166,28 @@ class SanaControlNet(nn.Module):
         self.check_base(base)
         latent = _control_batch(control_latent, x)
         if self.wiring == "nvlabs":
-            tokens = _patchify(base.patch_embed.proj, latent.to(base.dtype))  # the base's own patch embedding
+            tokens = _patchify(base.patch_embed.proj, latent.to(x.dtype))  # the base's own patch embedding
             return {"block_hook": self._nvlabs_hook(tokens, strength)}
         scale = self.config.time_input_scale or base.config.time_input_scale
-        dt = self.dtype
+        dt = self.compute_dtype or x.dtype
         residuals = self._diffusers_residuals(x.to(dt), timestep * scale, context.to(dt), context_mask,
                                               latent.to(dt), strength)
         return {"block_residuals": {i: r.to(x.dtype) for i, r in residuals.items()}}
 
     @property
     def dtype(self) -> torch.dtype:
-        """Compute dtype of the ControlNet's weights."""
+        """Storage dtype of the ControlNet's weights."""
         return self.input_block.weight.dtype
+
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        """The dtype the ControlNet computes in: set by the loader, else its weights' dtype (None for
+        fp8 weights: then the dtype of the stream it joins)."""
+        return getattr(self, "_compute_dtype", None) or (None if is_fp8(self.dtype) else self.dtype)
+
+    @compute_dtype.setter
+    def compute_dtype(self, dtype: torch.dtype | None) -> None:
+        self._compute_dtype = dtype
 
     def _run(self, block: SanaBlock, h: Tensor, inp: BlockInputs) -> Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -189,7 +200,7 @@ class SanaControlNet(nn.Module):
         def hook(i: int, h: Tensor, inputs: BlockInputs) -> dict[int, Tensor] | None:
             if i != 0:
                 return None
-            dt = self.dtype
+            dt = self.compute_dtype or h.dtype
             inputs = BlockInputs(inputs.y.to(dt), None if inputs.bias is None else inputs.bias.to(dt),
                                  inputs.t0.to(dt), inputs.hw)
             c = h.to(dt) + self.input_block(control_tokens.to(dt))
@@ -252,8 +263,13 @@ class ControlledDiT(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """The base DiT's dtype (TrigFlowModel casts the inputs to it)."""
+        """The base DiT's storage dtype."""
         return self.dit.dtype
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The base DiT's compute dtype (TrigFlowModel casts the inputs to it)."""
+        return self.dit.compute_dtype
 
     @property
     def config(self) -> DiTConfig:

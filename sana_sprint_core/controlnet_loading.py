@@ -36,7 +36,7 @@ from .dit import SanaSprintDiT
 from .dit_config import LINEAR_HEAD_DIM, PRESETS, DiTConfig
 from .dit_keys import DIFFUSERS_ANCHOR, NVLABS_ANCHOR, DiTLayout, describe_foreign, diffusers_to_ours
 from .dit_keys import nvlabs_to_diffusers, split_spec, split_tensor, to_canonical
-from .dit_loading import check_keys, dit_from_state_dict, resolve_config, resolve_dtype
+from .dit_loading import check_keys, dit_from_state_dict, resolve_config, resolve_dtype, with_compute_dtype
 from .model_files import CONTROLNET_FILES  # noqa: F401  (re-exported: where to download)
 
 logger = logging.getLogger(__name__)
@@ -181,12 +181,14 @@ def load_controlnet(
     *,
     wiring: str | None = None,
     operations=None,
+    compute_dtype: torch.dtype | None = None,
 ) -> SanaControlNet:
     """Load the ControlNet of an NVlabs, diffusers or our own file (or folder with config.json).
 
     wiring: None = the way the file's format was trained (module docstring); "nvlabs"/"diffusers"
     to override. config: the architecture, checked against the shapes (None: metadata, else inferred).
-    dtype: fp32/bf16/fp16 or None (the file's when uniform, else fp32).
+    dtype: the storage dtype, fp32/bf16/fp16/fp8_e4m3fn/fp8_e5m2 or None (the file's when uniform, else
+    fp32); compute_dtype as for load_dit.
     """
     info = resolve_checkpoint(path)
     src = info.path
@@ -207,7 +209,7 @@ def load_controlnet(
     check_keys({k: tuple(v.shape) for k, v in model.state_dict().items()}, shapes, src, what="Sana ControlNet")
     state = _read_selected(info, layout, set(shapes), src)
     model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=True, assign=True)
-    return model.to(device).eval()
+    return with_compute_dtype(model.to(device).eval(), compute_dtype, device)
 
 
 def load_controlnet_base(

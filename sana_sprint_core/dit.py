@@ -91,7 +91,18 @@ class SanaSprintDiT(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The storage dtype of the weights."""
         return self.proj_out.weight.dtype
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the layers compute in (inputs are cast to it): set by the loader when it differs
+        from the storage dtype (fp8 weights; bf16 weights on a CPU without bf16: precision.py)."""
+        return getattr(self, "_compute_dtype", None) or self.dtype
+
+    @compute_dtype.setter
+    def compute_dtype(self, dtype: torch.dtype | None) -> None:
+        self._compute_dtype = dtype
 
     def embed_conditions(self, timestep: Tensor, guidance: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(t0, c) from flow time tau and the raw guidance scale (scaled here by the config)."""

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .constants import MASK_BIAS, TIME_FREQ_DIM
 from .ops import factory_kwargs, resolve
+from .precision import is_fp8
 
 
 def at_least_fp32(t: Tensor) -> Tensor:
@@ -42,7 +43,10 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x32 = at_least_fp32(x)
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed.to(self.weight.dtype) * self.weight).to(x.dtype)
+        w = self.weight
+        # the product in the wider of the two dtypes; an fp8-stored weight in x's (it has no arithmetic)
+        dtype = x.dtype if is_fp8(w.dtype) else torch.promote_types(x.dtype, w.dtype)
+        return (normed.to(dtype) * w.to(dtype)).to(x.dtype)
 
 
 class EmbedMLP(nn.Module):

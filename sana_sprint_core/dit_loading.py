@@ -38,16 +38,13 @@ from .constants import FLOW_TIME_SCALE
 from .dit import SanaSprintDiT
 from .dit_config import LINEAR_HEAD_DIM, PRESETS, DiTConfig
 from .dit_keys import detect_layout, split_spec, split_tensor, to_canonical
+from .precision import COMPUTE_DTYPES, is_fp8, storage_dtype
+from .precision import compute_dtype as precision_compute_dtype
 
 DIFFUSERS_CLASS = "SanaTransformer2DModel"
 # safetensors metadata key under which files we write carry the DiTConfig as JSON.
 CONFIG_METADATA_KEY = "sana_sprint_config"
-_DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}
-_COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_COMPUTE_DTYPES = tuple(COMPUTE_DTYPES.values())
 # Fields visible in the shapes, compared with an explicit `config` and with config.json.
 _SHAPE_FIELDS = ("hidden_size", "in_channels", "out_channels", "patch_size", "caption_channels",
                  "num_layers", "mlp_hidden", "qk_norm", "guidance_embeds")
@@ -61,12 +58,15 @@ def load_dit(
     config: DiTConfig | None = None,
     overrides: Mapping[str, object] | None = None,
     operations=None,
+    compute_dtype: torch.dtype | None = None,
 ) -> SanaSprintDiT:
     """Load a Sana DiT from a file, sharded index, diffusers folder or diffusers pipeline folder.
 
-    dtype: fp32/bf16/fp16 (torch dtype or name); None keeps the file's dtype when every tensor has
-    the same one of those, else fp32. config: the architecture, checked against the shapes;
-    None infers it (module docstring). overrides: DiTConfig fields set on top of either.
+    dtype: the storage dtype, fp32/bf16/fp16/fp8_e4m3fn/fp8_e5m2 (torch dtype or name); None keeps the
+    file's dtype when every tensor has the same one of the first three, else fp32. compute_dtype: what
+    the layers compute in (None: the storage dtype, or for fp8 precision.compute_dtype on `device`).
+    config: the architecture, checked against the shapes; None infers it (module docstring).
+    overrides: DiTConfig fields set on top of either.
     """
     path = _transformer_folder(Path(path))
     info = resolve_checkpoint(path)
@@ -85,7 +85,16 @@ def load_dit(
     state = to_canonical(state, layout, split_tensor, src)
     for key in list(state):  # cast one tensor at a time: peak memory ~ one copy of the weights
         state[key] = state[key].to(target)
-    return _assign(model, state, device, src)
+    return with_compute_dtype(_assign(model, state, device, src), compute_dtype, device)
+
+
+def with_compute_dtype(model, compute: torch.dtype | None, device):
+    """`model` with its compute dtype set: `compute`, or for fp8 storage the device's (precision.py)."""
+    if compute is None and is_fp8(model.dtype):
+        compute = precision_compute_dtype(model.dtype, device)
+    if compute is not None and compute != model.dtype:
+        model.compute_dtype = compute
+    return model
 
 
 def config_from_metadata(metadata: Mapping[str, str], source) -> DiTConfig | None:
@@ -165,14 +174,11 @@ def check_keys(expected: Mapping[str, tuple], got: Mapping[str, tuple], source: 
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, specs) -> torch.dtype:
-    """The compute dtype: the one asked for, else the file's when uniform fp32/fp16/bf16, else fp32."""
+    """The storage dtype: the one asked for, else the file's when uniform fp32/fp16/bf16, else fp32."""
     if dtype is None:
         kinds = {s.dtype for s in specs}
         return kinds.pop() if len(kinds) == 1 and kinds <= set(_COMPUTE_DTYPES) else torch.float32
-    resolved = _DTYPES.get(dtype.lower()) if isinstance(dtype, str) else dtype
-    if resolved not in _COMPUTE_DTYPES:
-        raise ValueError(f"dtype must be one of fp32, bf16, fp16 (or None for the file's), got {dtype!r}")
-    return resolved
+    return storage_dtype(dtype)
 
 
 def _specs_of(state: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:

@@ -6,6 +6,8 @@ fp8 storage, ...). The core never names `torch.nn.Linear` directly in a model.
 
 from __future__ import annotations
 
+import os
+import time
 from types import SimpleNamespace
 
 import torch
@@ -16,8 +18,9 @@ from torch import Tensor, nn
 def linear_as_conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """x @ W^T + b computed as a 1x1 convolution over a channels-last view (no copies for contiguous x).
 
-    On x86 CPU builds of torch the oneDNN convolution runs this 1.2-2x faster than the GEMM behind
-    F.linear at the DiT's sizes (bench/bench_linear.py); the result differs only by fp32 rounding.
+    On some x86 CPUs the oneDNN convolution runs this 1.2-2x faster than the GEMM behind F.linear at the
+    DiT's sizes, on others slower (bench/bench_linear.py; `conv_linear_faster` measures which); the
+    result differs only by fp32 rounding.
     A non-contiguous x is copied first: a feature-strided x would make the convolution NCHW and its
     output feature-strided too, which slows every later elementwise op (docs/benchmarks.md).
     """
@@ -36,23 +39,86 @@ _MIN_ROWS = 16
 _MAX_WEIGHT_BYTES = 32 * 2**20
 
 
+# Environment override of the CPU linear path: "conv" or "gemm" (default: measured, `conv_linear_faster`).
+LINEAR_PATH_ENV = "SANA_SPRINT_CPU_LINEAR"
+
+
+_MEASURED: dict[str, bool] = {}  # the process-wide result of conv_linear_faster
+
+
+def conv_linear_faster() -> bool:
+    """Whether the oneDNN 1x1-convolution path beats F.linear for fp32 on this CPU, measured once per
+    process: a 512 x 1152 -> 1152 product (the 0.6B DiT's width), best of 3 runs of each (well under a
+    second on a quiet CPU).
+    Which one wins depends on the CPU: 1.2-2x faster on the machine of bench/bench_linear.py, 3x
+    slower on an AVX2-only EPYC (docs/benchmarks.md). SANA_SPRINT_CPU_LINEAR=conv or gemm fixes it."""
+    forced = os.environ.get(LINEAR_PATH_ENV, "").strip().lower()
+    if forced in ("conv", "gemm"):
+        return forced == "conv"
+    if "conv" not in _MEASURED:
+        _MEASURED["conv"] = _measure_conv_linear()
+    return _MEASURED["conv"]
+
+
+def _measure_conv_linear() -> bool:
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 512, 1152, generator=g), torch.randn(1152, 1152, generator=g) * 0.03
+    b = torch.zeros(1152)
+    best = {}
+    with torch.inference_mode():
+        for name, fn in (("gemm", lambda: F.linear(x, w, b)), ("conv", lambda: linear_as_conv1x1(x, w, b))):
+            fn()  # warm-up (oneDNN primitive creation)
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            best[name] = min(times)
+    return best["conv"] < best["gemm"]
+
+
 def _conv_path(x: Tensor, weight: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.ndim >= 2 and x.numel() >= _MIN_ROWS * x.shape[-1]
-            and weight.numel() * weight.element_size() <= _MAX_WEIGHT_BYTES)
+            and weight.numel() * weight.element_size() <= _MAX_WEIGHT_BYTES and _conv_faster())
+
+
+def _conv_faster() -> bool:
+    """conv_linear_faster, except inside torch.compile (no measuring there): the result measured so far."""
+    if torch.compiler.is_compiling():
+        return _MEASURED.get("conv", False)
+    return conv_linear_faster()
+
+
+def cast_to(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The weight and bias in x's dtype: unchanged when they already are, else a temporary copy (weights
+    stored in fp8, or bf16 computed in fp32 on a CPU without bf16: precision.py)."""
+    if weight.dtype == x.dtype:
+        return weight, bias
+    return weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and keys) with the CPU fp32 fast path of `linear_as_conv1x1`."""
+    """nn.Linear (same parameters and keys) computing in the input's dtype (weights cast at use when
+    stored in another), with the CPU fp32 fast path of `linear_as_conv1x1`."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if _conv_path(x, self.weight):
-            return linear_as_conv1x1(x, self.weight, self.bias)
-        return super().forward(x)
+        weight, bias = cast_to(x, self.weight, self.bias)
+        if _conv_path(x, weight):
+            return linear_as_conv1x1(x, weight, bias)
+        return F.linear(x, weight, bias)
 
 
-# The default namespace: torch layers, Linear with the CPU fast path.
-default_operations = SimpleNamespace(Linear=Linear, Conv2d=nn.Conv2d)
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters and keys) computing in the input's dtype, weights cast at use."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight, bias = cast_to(x, self.weight, self.bias)
+        return self._conv_forward(x, weight, bias)
+
+
+# The default namespace: torch layers that compute in the input's dtype, Linear with the CPU fast path.
+default_operations = SimpleNamespace(Linear=Linear, Conv2d=Conv2d)
 
 
 def resolve(operations):

@@ -17,6 +17,7 @@ from .dit import SanaSprintDiT
 from .dit_loading import load_dit
 from .model_files import find_model, missing_models_message
 from .offload import OFFLOAD_MODES, Offloader
+from .precision import plan
 from .sampler import sample
 from .text_cache import PromptCache
 from .text_encoder import TextEncoder, encode_prompt, load_text_encoder
@@ -70,18 +71,22 @@ class SprintPipeline:
 
     @classmethod
     def from_files(cls, dit: str | os.PathLike, text_encoder: str | os.PathLike, vae: str | os.PathLike, *,
-                   dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                   dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
                    offload: str = "none") -> "SprintPipeline":
         """Load each model from its file or folder (see the loaders for the accepted layouts).
 
-        With an offload mode the weights are read onto the CPU and reach `device` when they run.
+        dtype: the storage dtype of the DiT and Gemma-2 (fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2; None or
+        "auto": the file's on CUDA, bf16 on the CPU); each computes in the dtype `precision.plan` picks
+        for `device` (fp32 on a CPU without native bf16). With an offload mode the weights are read onto
+        the CPU and reach `device` when they run.
         """
         if offload not in OFFLOAD_MODES:
             raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
-        te_dtype = dtype if dtype is not None else (torch.bfloat16 if torch.device(device).type == "cuda" else None)
+        p = plan(dtype, device)
         where = device if offload == "none" else "cpu"
-        return cls(load_dit(dit, dtype=dtype, device=where), load_text_encoder(text_encoder, te_dtype, where),
-                   load_vae(vae, dtype=dtype, device=where), offload=offload, device=device)
+        return cls(load_dit(dit, dtype=p.dit, device=where, compute_dtype=p.dit_compute),
+                   load_text_encoder(text_encoder, p.text_encoder, where, compute_dtype=p.text_encoder_compute),
+                   load_vae(vae, dtype=p.vae, device=where), offload=offload, device=device)
 
     @classmethod
     def from_models_dir(cls, models_dir: str | os.PathLike, **kwargs) -> "SprintPipeline":

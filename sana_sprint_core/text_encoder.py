@@ -31,6 +31,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from . import constants as C
+from .precision import compute_dtype as precision_compute_dtype
+from .precision import is_fp8
 from .text_cache import PromptCache
 
 QUOTE_STYLES = ("nvlabs", "diffusers")
@@ -54,8 +56,15 @@ class TextEncoder:
 
     @property
     def dtype(self) -> torch.dtype:
-        """Parameter dtype of the model (the dtype of the embeddings encode_prompt returns)."""
-        return self.model.embed_tokens.weight.dtype
+        """The dtype the model runs in (of the embeddings encode_prompt returns): the embedding weights'
+        dtype, or the compute dtype they are cast to (`store_weights`)."""
+        embed = self.model.embed_tokens
+        return getattr(embed, "compute_dtype", None) or embed.weight.dtype
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        """The dtype the Linear weights are stored in."""
+        return self.model.layers[0].mlp.gate_proj.weight.dtype
 
     @property
     def device(self) -> torch.device:
@@ -85,12 +94,18 @@ class _Source:
 
 
 def load_text_encoder(path: str | Path, dtype: torch.dtype | None = None,
-                      device: str | torch.device = "cpu") -> TextEncoder:
+                      device: str | torch.device = "cpu", compute_dtype: torch.dtype | None = None) -> TextEncoder:
     """Load Gemma-2 (tokenizer + Gemma2Model) from a folder or a .safetensors file; dtype None = bf16.
 
-    See the module docstring for the accepted layouts and the tokenizer / config rules.
+    dtype is the storage dtype of the weights. compute_dtype (None: the storage dtype; for fp8 the
+    device's, precision.compute_dtype) is what the model runs in: then the Linear and embedding
+    weights stay in storage and are cast at use (`store_weights`). See the module docstring for the
+    accepted layouts and the tokenizer / config rules.
     """
-    dtype = _check_dtype(dtype)
+    storage = _check_dtype(dtype)
+    if compute_dtype is None and is_fp8(storage):
+        compute_dtype = precision_compute_dtype(storage, device)
+    dtype = torch.bfloat16 if is_fp8(storage) else storage  # read dtype; fp8 is applied after
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"text encoder path {path} does not exist; expected a Gemma-2 folder "
@@ -108,9 +123,44 @@ def load_text_encoder(path: str | Path, dtype: torch.dtype | None = None,
         raise ValueError(f"the tokenizer for {path} ({tokenizer_files[0]}) has {len(tokenizer)} tokens but the "
                          f"model's embedding has {config.vocab_size} rows; tokenizer and weights do not match")
     model.load_state_dict(_read_state_dict(key_map, index, dtype), strict=True, assign=True)
+    if compute_dtype is not None and compute_dtype != storage:
+        store_weights(model, storage, compute_dtype)
     model = model.eval().requires_grad_(False).to(device)
     extra = (source.config_file,) if source.config_file else ()
     return TextEncoder(tokenizer, model, _identity([*source.weight_files, *extra, *tokenizer_files]))
+
+
+def store_weights(model: torch.nn.Module, storage: torch.dtype, compute: torch.dtype) -> None:
+    """Keep the Linear and embedding weights of Gemma-2 in `storage` (fp8: half of bf16's memory) and
+    run the model in `compute`: the Linears cast their weight to the input's dtype at use (ops.Linear),
+    the embedding returns its rows in `compute`; the norms (small) keep their dtype and compute in
+    fp32 as Gemma-2's own do."""
+    from . import ops
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.__class__ = ops.Linear
+                module.weight = torch.nn.Parameter(module.weight.to(storage), requires_grad=False)
+                if module.bias is not None:
+                    module.bias = torch.nn.Parameter(module.bias.to(compute), requires_grad=False)
+        embed = model.embed_tokens
+        model.embed_tokens = _StoredEmbedding(embed.weight.to(storage), embed.padding_idx,
+                                              getattr(embed, "scalar_embed_scale", 1.0), compute)
+
+
+class _StoredEmbedding(torch.nn.Module):
+    """Gemma-2's scaled word embedding (rows x sqrt(hidden), transformers' Gemma2TextScaledWordEmbedding)
+    over a weight stored in another dtype: rows are read in storage, scaled in `compute`. Same key."""
+
+    def __init__(self, weight: torch.Tensor, padding_idx: int | None, scale: float, compute: torch.dtype):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+        self.padding_idx, self.scale, self.compute_dtype = padding_idx, scale, compute
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = torch.nn.functional.embedding(ids, self.weight, self.padding_idx).to(self.compute_dtype)
+        return rows * torch.tensor(self.scale, dtype=self.compute_dtype)
 
 
 def _check_dtype(dtype: torch.dtype | None) -> torch.dtype:
@@ -401,7 +451,7 @@ def _check_quote_style(quote_style: str) -> None:
 
 
 def _cache_key(encoder: TextEncoder, text: str, chi: bool, max_tokens: int, quote_style: str) -> tuple:
-    return (encoder.identity, str(encoder.dtype), str(encoder.device), text, bool(chi), max_tokens,
+    return (encoder.identity, str(encoder.storage_dtype), str(encoder.dtype), str(encoder.device), text, bool(chi), max_tokens,
             quote_style if chi else None)
 
 

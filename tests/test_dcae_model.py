@@ -2,6 +2,8 @@
 both the diffusers and the original efficientvit layout (fp32, within tests/tolerance.py's bound:
 1e-5 of the reference's largest value)."""
 
+import dataclasses
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +13,7 @@ from torch import nn
 from sana_sprint_core.dcae import DCAE, decode, encode, load_vae
 from sana_sprint_core.dcae.layers import relu_linear_attention, relu_quadratic_attention
 from tests.fixtures.dcae import (
-    SCALE, TINY, WIDE, diffusers_dcae, write_diffusers_folder, write_original_pth, write_original_safetensors,
+    LITE, SCALE, TINY, WIDE, diffusers_dcae, write_diffusers_folder, write_original_pth, write_original_safetensors,
 )
 from tests.tolerance import assert_fp32_close
 
@@ -63,6 +65,23 @@ def test_tiny_parity_every_layout(tiny_ref, tmp_path, layout):
     # where diffusers (and efficientvit) switch to the explicit N x N attention map.
     _assert_parity(ours, tiny_ref, (32, 48))
     _assert_parity(ours, tiny_ref, (8, 8), seed=1)
+
+
+@pytest.mark.parametrize("layout", ["diffusers_folder", "diffusers_file"])
+def test_lite_decoder_parity_and_inferred_config(tmp_path, layout):
+    """DC-AE-Lite's decoder (no stage-0 blocks, pixel-shuffle up-sampling, SiLU before the output conv)
+    read from diffusers' own files: config inferred from keys and shapes (SiLU from config.json, or by
+    the release rule for a bare file), outputs equal to AutoencoderDC's."""
+    ref = diffusers_dcae(LITE, seed=3)
+    ours = load_vae(WRITERS[layout](ref, tmp_path))
+    assert ours.config == LITE
+    assert type(ours.decoder.conv_out).__name__ == "UpBlock" and len(ours.decoder.up_blocks[0]) == 0
+    _assert_parity(ours, ref, (32, 48))
+    bare = tmp_path / "dc-ae-lite.safetensors"  # no config.json beside it: SiLU by the release rule
+    shutil.copy(write_diffusers_folder(ref, tmp_path / "lite") / "diffusion_pytorch_model.safetensors", bare)
+    assert load_vae(bare).config == LITE
+    relu = diffusers_dcae(dataclasses.replace(LITE, decoder_out_act="relu"), seed=3)
+    assert load_vae(write_diffusers_folder(relu, tmp_path / "relu")).config.decoder_out_act == "relu"
 
 
 @pytest.mark.parametrize("layout", ["diffusers_file", "original_safetensors"])

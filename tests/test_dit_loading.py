@@ -158,7 +158,7 @@ def test_dtype_none_keeps_uniform_file_dtype_else_fp32(tmp_path, sd):
 
 
 def test_bad_dtype(tmp_path, sd):
-    with pytest.raises(ValueError, match=r"dtype must be one of fp32, bf16, fp16 .* got 'int8'"):
+    with pytest.raises(ValueError, match=r"dtype must be one of fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2, got 'int8'"):
         load_dit(save_st(sd, tmp_path / "s.safetensors"), dtype="int8", config=tiny_dit_config())
 
 

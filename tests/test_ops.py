@@ -35,3 +35,23 @@ def test_linear_module_uses_plain_path_off_fp32_cpu():
     x32 = torch.randn(30, 8)
     torch.testing.assert_close(layer32(x32), F.linear(x32, layer32.weight, layer32.bias), rtol=1e-6, atol=1e-6)
     assert set(layer32.state_dict()) == {"weight", "bias"}
+
+
+def test_linear_path_is_measured_once_or_fixed_by_the_environment(monkeypatch):
+    from sana_sprint_core import ops
+
+    monkeypatch.setattr(ops, "_MEASURED", {})  # not measured yet in this process
+    for value, want in (("conv", True), ("GEMM", False)):
+        monkeypatch.setenv(ops.LINEAR_PATH_ENV, value)
+        assert ops.conv_linear_faster() is want
+    monkeypatch.delenv(ops.LINEAR_PATH_ENV)
+    assert ops.conv_linear_faster() in (True, False) and list(ops._MEASURED) == ["conv"]  # measured once
+    calls = []
+    real = F.conv2d
+    monkeypatch.setattr(ops.F, "conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    layer, x = Linear(16, 8), torch.randn(1, 40, 16)
+    for faster, want in ((True, [1]), (False, [])):
+        calls.clear()
+        monkeypatch.setattr(ops, "_MEASURED", {"conv": faster})
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-6, atol=1e-6)
+        assert calls == want

@@ -6,12 +6,12 @@
 """
 
 from .codec import decode, decode_tiled, encode, encode_tiled
-from .config import DCAE_F32C32, DCAEConfig
+from .config import DCAE_F32C32, DCAE_LITE_F32C32, DCAEConfig
 from .keymap import original_to_diffusers
 from .loading import build_from_state_dict, infer_config, load_vae
 from .model import DCAE, Decoder, Encoder
 
 __all__ = [
-    "DCAE", "DCAEConfig", "DCAE_F32C32", "Decoder", "Encoder", "build_from_state_dict", "decode", "decode_tiled",
-    "encode", "encode_tiled", "infer_config", "load_vae", "original_to_diffusers",
+    "DCAE", "DCAEConfig", "DCAE_F32C32", "DCAE_LITE_F32C32", "Decoder", "Encoder", "build_from_state_dict", "decode",
+    "decode_tiled", "encode", "encode_tiled", "infer_config", "load_vae", "original_to_diffusers",
 ]

@@ -13,6 +13,8 @@ from ..constants import DCAE_HEAD_DIM, DCAE_SCALE, DCAE_STAGE_FACTOR, LATENT_CHA
 
 _F32C32_WIDTHS = (128, 256, 512, 512, 1024, 1024)
 _F32C32_ATTENTION = (False, False, False, True, True, True)  # ResBlock x3, EViTS5_GLU x3
+UPSAMPLES = ("interpolate", "pixel_shuffle")
+OUT_ACTS = ("relu", "silu")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,12 @@ class DCAEConfig:
     attention_head_dim: int = DCAE_HEAD_DIM
     multiscale_kernels: tuple[int, ...] = (5,)  # one aggregation branch per kernel, every EViT block
     scaling_factor: float = DCAE_SCALE  # diffusion latent = encoder output * scaling_factor
+    # Decoder variants of DC-AE-Lite (dc-ai/dc-ae-lite-f32c32: the SANA 1.0/1.1 encoder, a ResBlock-only
+    # decoder of depths (0, 3, 5, 4, 4, 4)): up-sampling by a conv to 4x channels + pixel shuffle instead
+    # of nearest x2 + conv, and SiLU instead of ReLU before the output conv. A decoder stage 0 of depth 0
+    # has no blocks: its up-sampling conv is then the output conv (diffusers' AutoencoderDC does so).
+    decoder_upsample: str = "interpolate"  # diffusers upsample_block_type: interpolate or pixel_shuffle
+    decoder_out_act: str = "relu"  # diffusers decoder_conv_act_fn: relu or silu
 
     def __post_init__(self):
         for name in ("widths", "encoder_depths", "decoder_depths", "encoder_attention",
@@ -53,9 +61,15 @@ class DCAEConfig:
         for name in ("in_channels", "latent_channels", "attention_head_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"DCAEConfig.{name} must be positive, got {getattr(self, name)}")
-        for name in ("widths", "encoder_depths", "decoder_depths"):
+        for name in ("widths", "encoder_depths"):
             if any(v <= 0 for v in getattr(self, name)):
                 raise ValueError(f"DCAEConfig.{name} entries must be positive, got {getattr(self, name)}")
+        if any(v <= 0 for v in self.decoder_depths[1:]) or self.decoder_depths[0] < 0:
+            raise ValueError(f"DCAEConfig.decoder_depths entries must be positive (stage 0 may be 0), got "
+                             f"{self.decoder_depths}")
+        for name, choices in (("decoder_upsample", UPSAMPLES), ("decoder_out_act", OUT_ACTS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"DCAEConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
         if any(k <= 0 or k % 2 == 0 for k in self.multiscale_kernels):
             raise ValueError(f"DCAEConfig.multiscale_kernels must be odd and positive, got {self.multiscale_kernels}")
         if not self.scaling_factor > 0:
@@ -110,3 +124,7 @@ class DCAEConfig:
 
 # dc-ae-f32c32-sana-1.0 and -1.1 share this architecture; 1.1 only retrained the decoder.
 DCAE_F32C32 = DCAEConfig()
+# DC-AE-Lite (dc-ai/dc-ae-lite-f32c32, mit-han-lab/dc-ae-lite-f32c32-sana-1.1-diffusers): the same encoder,
+# a ResBlock-only decoder of depths (0, 3, 5, 4, 4, 4) with pixel-shuffle up-sampling and a SiLU output.
+DCAE_LITE_F32C32 = DCAEConfig(decoder_depths=(0, 3, 5, 4, 4, 4), decoder_attention=(False,) * 6,
+                              decoder_upsample="pixel_shuffle", decoder_out_act="silu")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..constants import DCAE_ATTN_EPS, DCAE_GLU_EXPAND, DCAE_NORM_EPS, DCAE_STAGE_FACTOR
+from .. import ops
 from ..ops import factory_kwargs, resolve
 from .subpixel import _phase_views, _shortcut_views, upsample_conv
 
@@ -275,24 +276,34 @@ class DownBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Nearest x2 then Conv3x3 (C_in -> C_out) + the channel-duplicating pixel-shuffle shortcut."""
+    """x2 up-sampling from C_in to C_out channels plus the channel-duplicating pixel-shuffle shortcut.
 
-    def __init__(self, in_channels: int, out_channels: int, *, operations=None, dtype=None, device=None):
+    interpolate (DC-AE f32c32): nearest x2 then Conv3x3. pixel_shuffle (DC-AE-Lite): Conv3x3 to 4 C_out
+    channels at the input resolution, then pixel shuffle. shortcut=False: the conv alone (the output
+    conv of a decoder whose stage 0 has no blocks).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, pixel_shuffle: bool = False, shortcut: bool = True,
+                 operations=None, dtype=None, device=None):
         super().__init__()
         ops, kw = resolve(operations), factory_kwargs(dtype, device)
-        self.out_channels = out_channels
-        self.conv = ops.Conv2d(in_channels, out_channels, 3, padding=1, **kw)
+        self.out_channels, self.pixel_shuffle, self.shortcut = out_channels, pixel_shuffle, shortcut
+        conv_out = out_channels * DCAE_STAGE_FACTOR**2 if pixel_shuffle else out_channels
+        self.conv = ops.Conv2d(in_channels, conv_out, 3, padding=1, **kw)
 
     fast = True  # see set_fast_paths
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._subpixel_ok(x):  # the same conv at the input resolution, shortcut added in the same pass
+        if self.pixel_shuffle:
+            out = F.pixel_shuffle(self.conv(x), DCAE_STAGE_FACTOR)
+        elif self._subpixel_ok(x):  # the same conv at the input resolution, shortcut added in the same pass
             return upsample_conv(x, self.conv.weight, self.conv.bias, shortcut=True)
-        out = self.conv(F.interpolate(x, scale_factor=DCAE_STAGE_FACTOR, mode="nearest"))  # frees the 4x input
-        return add_channel_to_space(out, x)
+        else:
+            out = self.conv(F.interpolate(x, scale_factor=DCAE_STAGE_FACTOR, mode="nearest"))  # frees the 4x input
+        return add_channel_to_space(out, x) if self.shortcut else out
 
     def _subpixel_ok(self, x: Tensor) -> bool:
-        """Fast path only for a plain torch Conv2d (a host's casting layer keeps its own forward)."""
+        """Fast path only for the core's own Conv2d (a host's casting layer keeps its own forward)."""
         conv, ratio = self.conv, 4 * self.out_channels / x.shape[1]
-        return (self.fast and _fast_ok(x) and type(conv) is nn.Conv2d and conv.weight.dtype == x.dtype
-                and DCAE_STAGE_FACTOR == 2 and ratio in (1, 2, 4))
+        plain = type(conv) in (nn.Conv2d, ops.Conv2d) and conv.weight.dtype == x.dtype
+        return self.fast and self.shortcut and plain and _fast_ok(x) and DCAE_STAGE_FACTOR == 2 and ratio in (1, 2, 4)

@@ -69,13 +69,16 @@ def _read_diffusers_config(path: Path) -> dict:
     return cfg
 
 
-def _block_kinds(shapes: dict[str, tuple], prefix: str, source: str) -> list[list[str]]:
-    """For each stage of `prefix` (encoder.down_blocks / decoder.up_blocks): the kind of each block."""
+def _block_kinds(shapes: dict[str, tuple], prefix: str, source: str, empty_first: bool = False) -> list[list[str]]:
+    """For each stage of `prefix` (encoder.down_blocks / decoder.up_blocks): the kind of each block.
+    empty_first: stage 0 may have no blocks (a DC-AE-Lite decoder), so its keys may start at stage 1."""
     found: dict[int, dict[int, set[str]]] = {}
     for key in shapes:
         m = _BLOCK_KEY.match(key)
         if m and m.group(1) == prefix:
             found.setdefault(int(m.group(2)), {}).setdefault(int(m.group(3)), set()).add(m.group(4))
+    if empty_first and found and 0 not in found:
+        found[0] = {}
     if sorted(found) != list(range(len(found))) or not found:
         raise ValueError(f"{source}: {prefix} stages must be numbered 0..n-1 with no gap, found {sorted(found)}")
     stages = []
@@ -102,6 +105,9 @@ def _stage_layout(stages: list[list[str]], sample_at: int, side: str, source: st
     """Depths and attention flags of each stage; `sample_at` = 0 (decoder) or -1 (encoder)."""
     depths, attention = [], []
     for i, kinds in enumerate(stages):
+        if i == 0 and not kinds and sample_at == 0:  # a decoder stage 0 without blocks (DC-AE-Lite)
+            depths.append(0), attention.append(False)
+            continue
         if i < len(stages) - 1:
             if kinds[sample_at] != "sample":
                 raise ValueError(f"{source}: {side} stage {i} has no resampling conv where expected")
@@ -145,17 +151,23 @@ def infer_config(state: dict[str, Tensor], source: str = "<state dict>", hints: 
     for key in ("encoder.conv_in.weight", "encoder.conv_out.weight"):
         if key not in shapes:
             raise ValueError(f"{source}: missing {key!r}, cannot infer the DC-AE architecture")
-    enc, dec = _block_kinds(shapes, "encoder.down_blocks", source), _block_kinds(shapes, "decoder.up_blocks", source)
+    enc = _block_kinds(shapes, "encoder.down_blocks", source)
+    dec = _block_kinds(shapes, "decoder.up_blocks", source, empty_first="decoder.conv_out.conv.weight" in shapes)
     if len(enc) != len(dec):
         raise ValueError(f"{source}: encoder has {len(enc)} stages but decoder has {len(dec)}")
     enc_depths, enc_attn = _stage_layout(enc, -1, "encoder", source)
     dec_depths, dec_attn = _stage_layout(dec, 0, "decoder", source)
     head_dim, kernels = _attention_params(shapes, hints)
+    widths = tuple(_stage_widths(shapes, enc))
+    upsample = _decoder_upsample(shapes, widths, dec_depths, source)
     values = dict(
         in_channels=shapes["encoder.conv_in.weight"][1], latent_channels=shapes["encoder.conv_out.weight"][0],
-        widths=tuple(_stage_widths(shapes, enc)), encoder_depths=tuple(enc_depths), decoder_depths=tuple(dec_depths),
+        widths=widths, encoder_depths=tuple(enc_depths), decoder_depths=tuple(dec_depths),
         encoder_attention=tuple(enc_attn), decoder_attention=tuple(dec_attn), attention_head_dim=head_dim,
         multiscale_kernels=kernels, scaling_factor=float(hints.get("scaling_factor", DCAE_SCALE)),
+        decoder_upsample=upsample,
+        # not visible in the shapes: config.json's, else what the releases of each up-sampling use
+        decoder_out_act=hints.get("decoder_conv_act_fn", "silu" if upsample == "pixel_shuffle" else "relu"),
     )
     _check_hints(values, hints, source)
     try:
@@ -164,10 +176,24 @@ def infer_config(state: dict[str, Tensor], source: str = "<state dict>", hints: 
         raise ValueError(f"{source}: inferred DC-AE architecture is not valid: {e}") from e
 
 
+def _decoder_upsample(shapes: dict[str, tuple], widths: tuple, depths: list[int], source: str) -> str:
+    """interpolate (the conv keeps C_out channels) or pixel_shuffle (4 C_out), from the first up-sampling
+    conv of the decoder."""
+    stage = next((i for i in range(len(widths) - 1) if depths[i]), None)
+    if stage is None:
+        return "interpolate"
+    out = shapes[f"decoder.up_blocks.{stage}.0.conv.weight"][0]
+    if out not in (widths[stage], 4 * widths[stage]):
+        raise ValueError(f"{source}: decoder.up_blocks.{stage}.0.conv has {out} output channels; expected "
+                         f"{widths[stage]} (interpolate) or {4 * widths[stage]} (pixel shuffle)")
+    return "interpolate" if out == widths[stage] else "pixel_shuffle"
+
+
 def _check_hints(values: dict, hints: dict, source: str) -> None:
     """Raise when config.json contradicts the architecture read from the tensors."""
     pairs = (("latent_channels", "latent_channels"), ("in_channels", "in_channels"),
-             ("encoder_block_out_channels", "widths"), ("attention_head_dim", "attention_head_dim"))
+             ("encoder_block_out_channels", "widths"), ("attention_head_dim", "attention_head_dim"),
+             ("upsample_block_type", "decoder_upsample"))
     for json_key, field in pairs:
         if json_key in hints and _as_tuple(hints[json_key]) != _as_tuple(values[field]):
             raise ValueError(

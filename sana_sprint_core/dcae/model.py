@@ -64,21 +64,27 @@ class Decoder(nn.Module):
         w, last = config.widths, config.num_stages - 1
         self.repeats = w[-1] // config.latent_channels
         self.conv_in = ops.Conv2d(config.latent_channels, w[-1], 3, padding=1, **kw)
+        depths, shuffle = config.decoder_depths, config.decoder_upsample == "pixel_shuffle"
         stages = []
         for i in range(config.num_stages):
-            blocks = [UpBlock(w[i + 1], w[i], **mods)] if i < last else []
-            blocks += _stage_blocks(config, i, config.decoder_depths[i], config.decoder_attention[i], mods)
+            blocks = [UpBlock(w[i + 1], w[i], pixel_shuffle=shuffle, **mods)] if i < last and depths[i] else []
+            blocks += _stage_blocks(config, i, depths[i], config.decoder_attention[i], mods)
             stages.append(nn.Sequential(*blocks))
         self.up_blocks = nn.ModuleList(stages)  # run from the last (coarsest) stage to stage 0
-        self.norm_out = RMSNorm2d(w[0], **kw)
-        self.conv_out = ops.Conv2d(w[0], config.in_channels, 3, padding=1, **kw)
+        channels = w[0] if depths[0] else w[1]  # stage 0 without blocks: the output conv up-samples
+        self.norm_out = RMSNorm2d(channels, **kw)
+        self.out_act = F.silu if config.decoder_out_act == "silu" else F.relu
+        if depths[0]:
+            self.conv_out = ops.Conv2d(channels, config.in_channels, 3, padding=1, **kw)
+        else:
+            self.conv_out = UpBlock(channels, config.in_channels, pixel_shuffle=shuffle, shortcut=False, **mods)
 
     def forward(self, z: Tensor) -> Tensor:
         # Input shortcut: each latent channel repeated width/latent times, consecutively.
         h = add_residual(self.conv_in(z), z.repeat_interleave(self.repeats, dim=1))
         for stage in reversed(self.up_blocks):
             h = stage(h)
-        return self.conv_out(F.relu(self.norm_out(h), inplace=True))  # norm output: a fresh tensor
+        return self.conv_out(self.out_act(self.norm_out(h), inplace=True))  # norm output: a fresh tensor
 
 
 class DCAE(nn.Module):

@@ -426,3 +426,41 @@ def test_loras_of_three_formats_stack_through_comfyuis_patching(client):
     for key in want:
         tol = 1e-5 * max(1.0, float(want[key].abs().max()))
         assert (saved[key].float() - want[key].float()).abs().max() <= tol, key
+
+
+# --------------------------------------------------------------------------------------------------
+# Weight dtypes: fp8 storage through ComfyUI's own operations, and auto on the CPU
+
+
+def _dtype_prompt(dit: str, text_encoder: str, controlnet: str) -> dict:
+    """The HED ControlNet workflow at 128 px with the given weight dtypes, its latent saved."""
+    base = json.loads(json.dumps(_api_workflows()["sana_sprint_controlnet_hed"]))
+    prompt = {k: base[k] for k in ("1", "2", "3", "4", "5", "6", "9", "10", "11", "12")}
+    prompt["1"]["inputs"]["weight_dtype"] = dit
+    prompt["2"]["inputs"]["weight_dtype"] = text_encoder
+    prompt["10"]["inputs"]["weight_dtype"] = controlnet
+    prompt["5"]["inputs"].update(width=128, height=128, aspect_ratio="custom")
+    prompt["11"]["inputs"]["detect_resolution"] = 128
+    prompt["12"]["inputs"].update(width=128, height=128)
+    prompt["6"]["inputs"].update(steps=2, seed=5)
+    prompt["30"] = {"class_type": "SaveLatent",
+                    "inputs": {"samples": ["6", 0], "filename_prefix": f"latents/dtype_{dit}_{text_encoder}"}}
+    return prompt
+
+
+def test_fp8_weights_load_and_run_through_comfyuis_operations(client):
+    """DiT, ControlNet and Gemma-2 stored in fp8 (ComfyUI's manual-cast layers compute in fp32 on this CPU)
+    give a 2-step controlled latent close to the fp32 one; fp8_e4m3fn_fast falls back to the same on a CPU."""
+    latents = {}
+    for dit, te in (("fp32", "fp32"), ("fp8_e4m3fn", "fp8_e4m3fn"), ("fp8_e4m3fn_fast", "fp8_e5m2"),
+                    ("auto", "auto")):
+        _, history = _run_ok(client, _dtype_prompt(dit, te, "fp32" if dit == "fp32" else dit))
+        latents[dit] = _latent(client.server, history, "30")
+    ref = latents["fp32"]
+    assert ref.std() > 0.1
+    for name, bound in (("fp8_e4m3fn", 0.09), ("fp8_e4m3fn_fast", 0.18), ("auto", 0.012)):
+        rel = ((latents[name] - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
+        assert 1e-5 < rel < bound, (name, rel)
+    log = client.server.log.read_text(errors="replace")
+    assert "model weight dtype torch.float8_e4m3fn, manual cast: torch.float32" in log
+    assert "model weight dtype torch.bfloat16, manual cast: torch.float32" in log  # auto on the CPU

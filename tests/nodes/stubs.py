@@ -204,7 +204,8 @@ def _make_model_management() -> types.ModuleType:
 
     def unet_manual_cast(weight_dtype, inference_device, supported_dtypes=[torch.float16, torch.bfloat16,
                                                                           torch.float32]):
-        return None
+        # ComfyUI's answer on the CPU (no fp16, no bf16): fp32 computes as stored, anything else in fp32
+        return None if weight_dtype in (torch.float32, torch.float64) else torch.float32
 
     def should_use_bf16(device=None, model_params=0, prioritize_performance=True, manual_cast=False):
         return False
@@ -259,8 +260,20 @@ def _make_ops() -> types.ModuleType:
         class Conv2d(torch.nn.Conv2d):
             comfy_cast_weights = False
 
-    class manual_cast(disable_weight_init):  # noqa: N801
-        pass
+    class manual_cast(disable_weight_init):  # noqa: N801  (weights cast to the input's dtype at use, as ComfyUI's)
+        class Linear(torch.nn.Linear):
+            comfy_cast_weights = True
+
+            def forward(self, x):
+                bias = None if self.bias is None else self.bias.to(x.dtype)
+                return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
+
+        class Conv2d(torch.nn.Conv2d):
+            comfy_cast_weights = True
+
+            def forward(self, x):
+                bias = None if self.bias is None else self.bias.to(x.dtype)
+                return self._conv_forward(x, self.weight.to(x.dtype), bias)
 
     def pick_operations(weight_dtype, compute_dtype, load_device=None, disable_fast_fp8=False,
                         fp8_optimizations=False, scaled_fp8=None):
