@@ -1,6 +1,6 @@
 """Peak GPU memory of SprintPipeline's low-VRAM modes at 1024 px, derived without a GPU (or measured on one).
 
-    .venv/bin/python -m bench.memory_modes [--preset sprint_1600m] [--size 1024] [--dtype bf16] [--json FILE]
+    .venv/bin/python -m bench.memory_modes [--preset sprint_1600m] [--size 1024] [--dtype bf16|fp8_e4m3fn] [--json FILE]
     python -m bench.memory_modes --measure --device cuda      # on a CUDA machine: the real thing
 
 Derivation (default): weights are counted exactly from the real architectures built on the meta
@@ -36,6 +36,8 @@ from sana_sprint_core.dcae.layers import set_fast_paths
 from sana_sprint_core.dit import SanaSprintDiT
 from sana_sprint_core.dit_config import PRESETS
 from sana_sprint_core.offload import streamed_parts
+from sana_sprint_core.precision import is_fp8
+from sana_sprint_core.text_encoder import store_weights
 
 GIB = 1024**3
 # Allowance for what the dry run cannot see: the CUDA context (~0.3-0.5 GiB on an H100 with torch 2.x)
@@ -44,7 +46,7 @@ CUDA_OVERHEAD_GIB = 0.6
 # Tokens Gemma sees: the CHI (about 170 tokens with Gemma's tokenizer; an assumption, the tokenizer
 # is not available offline) plus the 300-token prompt budget minus the 2 merged tokens.
 CHI_TOKENS = 170
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp8_e4m3fn": torch.float8_e4m3fn}
 MODES = ("none", "text_encoder", "sequential")
 
 
@@ -54,16 +56,27 @@ def nbytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def compute_of(dtype: torch.dtype) -> torch.dtype:
+    """The GPU compute dtype of a storage dtype (precision.py: fp8 computes in bf16)."""
+    return torch.bfloat16 if is_fp8(dtype) else dtype
+
+
 def build(preset: str, dtype: torch.dtype) -> dict[str, nn.Module]:
-    """The real architectures on the meta device in `dtype` (gemma-2-2b, the DiT preset, DC-AE f32c32)."""
+    """The real architectures on the meta device in `dtype` (gemma-2-2b, the DiT preset, DC-AE f32c32).
+    fp8: the DiT's weights and Gemma-2's Linear and embedding weights in fp8 (text_encoder.store_weights,
+    norms in bf16), computing in bf16; the DC-AE in bf16 (no fp8 for it)."""
     from accelerate import init_empty_weights
     from transformers import Gemma2Config, Gemma2Model
 
+    compute = compute_of(dtype)
     with init_empty_weights(include_buffers=False):
-        text = Gemma2Model(Gemma2Config(attn_implementation="eager")).to(dtype)
+        text = Gemma2Model(Gemma2Config(attn_implementation="eager")).to(compute)
+    if dtype != compute:
+        store_weights(text, dtype, compute)
     with torch.device("meta"):
         dit = SanaSprintDiT(PRESETS[preset], dtype=dtype)
-        vae = DCAE(DCAE_F32C32, dtype=dtype)
+        vae = DCAE(DCAE_F32C32, dtype=compute)
+    dit.compute_dtype = compute
     return {"text": text.eval(), "dit": dit.eval(), "vae": vae.eval()}
 
 
@@ -84,12 +97,13 @@ def activation_peaks(models: dict, size: int, dtype: torch.dtype, tile: int = 16
     tokens = CHI_TOKENS + MAX_TEXT_TOKENS - 2
     text_model, dit, vae = models["text"], models["dit"], models["vae"]
     set_fast_paths(vae, False)  # the GPU path
+    compute = compute_of(dtype)
     with FakeTensorMode(allow_non_fake_inputs=True):
         for model in models.values():
             to_fake(model)
         ids = torch.zeros(1, tokens, dtype=torch.int64)
-        x = torch.randn(1, LATENT_CHANNELS, side, side, dtype=dtype)
-        ctx = torch.randn(1, MAX_TEXT_TOKENS, dit.config.caption_channels, dtype=dtype)
+        x = torch.randn(1, LATENT_CHANNELS, side, side, dtype=compute)
+        ctx = torch.randn(1, MAX_TEXT_TOKENS, dit.config.caption_channels, dtype=compute)
         mask, z = torch.ones(1, MAX_TEXT_TOKENS, dtype=torch.int64), torch.randn(1, LATENT_CHANNELS, side, side)
         return {
             "text": _peak_activations(text_model, lambda: text_model(input_ids=ids, attention_mask=torch.ones_like(ids),
