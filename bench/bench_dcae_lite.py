@@ -50,7 +50,8 @@ def main() -> None:
         times = alternate({k: (lambda d=d: d(z)) for k, d in decoders.items()}, repeats=args.runs)
     full, lite = median(times["f32c32"]), median(times["lite"])
     print(f"machine: {machine()}")
-    print("| decoder | parameters (M) | decode, latent {0}x{0} {1} (s) | lite / f32c32 |".format(args.latent, args.dtype))
+    side = args.latent
+    print(f"| decoder | parameters (M) | decode, latent {side}x{side} {args.dtype} (s) | lite / f32c32 |")
     print("|---|---:|---:|---:|")
     print(f"| f32c32 | {params['f32c32']:.0f} | {full:.2f} | |")
     print(f"| lite | {params['lite']:.0f} | {lite:.2f} | {lite / full:.2f} |")

@@ -451,8 +451,8 @@ def _check_quote_style(quote_style: str) -> None:
 
 
 def _cache_key(encoder: TextEncoder, text: str, chi: bool, max_tokens: int, quote_style: str) -> tuple:
-    return (encoder.identity, str(encoder.storage_dtype), str(encoder.dtype), str(encoder.device), text, bool(chi), max_tokens,
-            quote_style if chi else None)
+    return (encoder.identity, str(encoder.storage_dtype), str(encoder.dtype), str(encoder.device), text, bool(chi),
+            max_tokens, quote_style if chi else None)
 
 
 def _encode_batch(encoder: TextEncoder, prompts: list[str], chi: bool, max_tokens: int,

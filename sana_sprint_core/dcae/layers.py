@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..constants import DCAE_ATTN_EPS, DCAE_GLU_EXPAND, DCAE_NORM_EPS, DCAE_STAGE_FACTOR
 from .. import ops
+from ..constants import DCAE_ATTN_EPS, DCAE_GLU_EXPAND, DCAE_NORM_EPS, DCAE_STAGE_FACTOR
 from ..ops import factory_kwargs, resolve
 from .subpixel import _phase_views, _shortcut_views, upsample_conv
 
