@@ -169,3 +169,22 @@ def test_our_lora_exported_for_diffusers_gives_the_same_image(model_set, tmp_pat
     plain = diffusers_pipeline(paths)(PROMPT, generator=torch.Generator().manual_seed(3), output_type="pt", **kw)[0]
     assert (want - plain).abs().max() > 1e-3  # the LoRA changes the image
     assert (got - want).abs().max().item() <= 1e-4  # the bound of the plain pipeline parity test above
+
+
+def test_cli_decodes_with_dc_ae_lite(model_set, tmp_path):
+    """--vae a DC-AE-Lite folder: the PNG is the lite decoder's image of the pipeline's latents."""
+    from sana_sprint_core.dcae import decode, load_vae
+    from tests.fixtures.comfy_models import TINY_LITE_DCAE, write_tiny_dcae
+
+    models, paths = model_set
+    lite = write_tiny_dcae(tmp_path / "dc-ae-lite", seed=4, config=TINY_LITE_DCAE)
+    out = tmp_path / "lite.png"
+    args = ["--prompt", PROMPT, "--width", "96", "--height", "64", "--steps", "2", "--device", "cpu", "--dtype", "fp32"]
+    assert main(["generate", "--models-dir", str(models), "--vae", str(lite), "--out", str(out), *args]) == 0
+    pipe = SprintPipeline.from_files(paths["dit"], paths["text_encoder"], lite, dtype="fp32")
+    assert pipe.vae.config == TINY_LITE_DCAE
+    latents = pipe.generate_latents(PROMPT, width=96, height=64, steps=2, seed=0)
+    want = decode(load_vae(lite), latents)[0].permute(1, 2, 0)
+    got = torch.from_numpy(np.asarray(Image.open(out))).float() / 255
+    assert got.shape == want.shape and want.std() > 0.01
+    assert (got - want).abs().max() <= 1 / 255 + 1e-4

@@ -464,3 +464,28 @@ def test_fp8_weights_load_and_run_through_comfyuis_operations(client):
     for name, bound in (("fp8_e4m3fn", 0.09), ("fp8_e4m3fn_fast", 0.18), ("auto", 0.012)):
         assert 1e-5 < rels[name] < bound, (name, rels[name])
     assert rels["fp8_e4m3fn"] > 4 * rels["auto"]  # 8-bit weights, not bf16 (measured 0.028 against 0.0024)
+
+
+def test_dc_ae_lite_decodes_in_comfyui_as_the_core_does(client):
+    """DC-AE-Lite (a tiny one of its layout, diffusers folder in models/vae) through SanaSprintVAELoader:
+    the saved image is the core decode of the same latent."""
+    from PIL import Image
+
+    from sana_sprint_core.constants import DCAE_SCALE
+    from sana_sprint_core.dcae import decode, load_vae
+    from tests.fixtures.comfy_models import LITE_VAE_NAME
+
+    base = json.loads(json.dumps(_api_workflows()["sana_sprint_1step_text_to_image"]))
+    base["3"]["inputs"].update(vae_name=LITE_VAE_NAME, weight_dtype="fp32")
+    base["5"]["inputs"].update(width=128, height=96, aspect_ratio="custom")
+    base["30"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "latents/lite"}}
+    _, history = _run_ok(client, base)
+    latent = _latent(client.server, history, "30")
+    (item,) = history["outputs"]["8"]["images"]
+    image = torch.from_numpy(np.asarray(Image.open(io.BytesIO(client.server.view(item))))).float() / 255
+    vae = load_vae(client.server.base / "models" / "vae" / LITE_VAE_NAME, dtype=torch.float32)
+    assert vae.config.decoder_upsample == "pixel_shuffle" and vae.config.decoder_out_act == "silu"
+    with torch.no_grad():  # a LATENT holds raw latents: the decode node scales them (SanaLatentFormat)
+        want = decode(vae, latent * DCAE_SCALE)[0].permute(1, 2, 0)
+    assert image.shape == want.shape == (96, 128, 3) and image.std() > 0.01
+    assert (image - want).abs().max() <= 1 / 255 + 1e-4  # 8-bit PNG rounding
