@@ -223,30 +223,63 @@ def direct_lora(cfg_dict: dict) -> Path:
     return Path(cfg.train.output_dir)
 
 
+ROUTES = ("base", "warm", "warm+prior", "direct", "cold")
+
+
+def warm_with_prior(work: Path, seed: int, n: int, teacher_file: Path, sprint_file: Path, cache: Path,
+                    personal: dict, texts):
+    """The route with prior preservation: the old concepts' captions as prior prompts (16 latents each
+    drawn by the base teacher), used by stage 1 and mixed into stage 2's batches (in-process run)."""
+    from trainers.export import merged_state_dict
+    from trainers.session import personalize_in_process
+    from sana_sprint_core.dit_loading import dit_from_state_dict
+
+    cfg = config_from_dict(run_config(work, f"warmprior{seed}", teacher_file, cache, n, seed, True,
+                                      personalize={**personal, "prior_images": 16}))
+    prior = (texts[list(BASE)], torch.ones(len(BASE), TOKENS, dtype=torch.int64))
+    outcome, _ = personalize_in_process(cfg, load_dit(teacher_file), load_dit(sprint_file), prior_text=prior)
+    dit = outcome.run.nets.student_core.dit
+    return dit_from_state_dict(merged_state_dict(dit), dit.config).eval().requires_grad_(False)
+
+
 def personalise(work: Path, seed: int, sizes: dict, teacher_file: Path, sprint_file: Path, texts, null,
-                held, held_labels, new_held) -> dict:
+                held, held_labels, new_held, routes=ROUTES) -> dict:
     user, _ = subset(*make_data(16 * 4 * 4, seed=100 + seed), [NEW])
     user = user[:sizes["user_images"]]
-    cache = write_cache(work / f"user{seed}", user, torch.full((user.shape[0],), NEW), texts, null)
+    cache = work / f"user{seed}"
+    if not cache.is_dir():
+        write_cache(cache, user, torch.full((user.shape[0],), NEW), texts, null)
     n = sizes["route_updates"]
     personal = {"enabled": True, "sprint": str(sprint_file), "teacher_steps": sizes["teacher_lora_steps"],
                 "teacher_lr": 1e-3, "teacher_rank": 16}
     t0 = time.time()
-    warm = distill.train(config_from_dict(run_config(work, f"warm{seed}", teacher_file, cache, n, seed, True,
-                                                     personalize=personal)))
+    warm = work / f"warm{seed}"
+    if not (warm / STUDENT_FILE).is_file():  # reused from an earlier run in --work
+        warm = distill.train(config_from_dict(run_config(work, f"warm{seed}", teacher_file, cache, n, seed, True,
+                                                         personalize=personal)))
     lora = teacher_lora_path(config_from_dict(run_config(work, f"warm{seed}", teacher_file, cache, n, seed, True,
                                                          personalize=personal)))
     merged = teacher_with_lora(load_dit(teacher_file), lora)
     merged_file = work / f"teacher_lora_merged{seed}.safetensors"
     save_dit(merged, merged_file)
     timing = {"warm incl. stage 1": time.time() - t0}
-    students = {"base Sprint student": load_dit(sprint_file), f"warm route ({n})": trained_student(warm)}
-    t0 = time.time()
-    direct = direct_lora(run_config(work, f"direct{seed}", teacher_file, cache, n, seed, False, personalize={
-        **personal, "teacher_lora": str(lora)}))
-    students[f"direct denoising LoRA ({n})"] = trained_student(direct)
-    timing["direct"] = time.time() - t0
-    for k in sizes["cold_multiples"]:
+    students = {}
+    if "base" in routes:
+        students["base Sprint student"] = load_dit(sprint_file)
+    if "warm" in routes:
+        students[f"warm route ({n})"] = trained_student(warm)
+    if "warm+prior" in routes:
+        t0 = time.time()
+        students[f"warm route + prior preservation ({n})"] = warm_with_prior(work, seed, n, teacher_file, sprint_file,
+                                                                             cache, personal, texts)
+        timing["warm+prior incl. stage 1"] = time.time() - t0
+    if "direct" in routes:
+        t0 = time.time()
+        direct = direct_lora(run_config(work, f"direct{seed}", teacher_file, cache, n, seed, False, personalize={
+            **personal, "teacher_lora": str(lora)}))
+        students[f"direct denoising LoRA ({n})"] = trained_student(direct)
+        timing["direct"] = time.time() - t0
+    for k in sizes["cold_multiples"] if "cold" in routes else ():
         t0 = time.time()
         cold = distill.train(config_from_dict(run_config(work, f"cold{seed}x{k}", merged_file, cache, k * n, seed,
                                                          True)))
@@ -259,30 +292,36 @@ def personalise(work: Path, seed: int, sizes: dict, teacher_file: Path, sprint_f
             "seconds": {k: round(v, 1) for k, v in timing.items()}}
 
 
-def run(quick: bool, seeds: list[int]) -> dict:
+def run(quick: bool, seeds: list[int], parts: str = "ab", routes=ROUTES, work: Path | None = None) -> dict:
     torch.set_num_threads(1)
     sizes = dict(teacher_steps=300, base_updates=60, route_updates=20, teacher_lora_steps=30, user_images=16,
                  cold_multiples=[1, 5], n_eval=128) if quick else \
         dict(teacher_steps=1500, base_updates=600, route_updates=150, teacher_lora_steps=300, user_images=16,
              cold_multiples=[1, 5], n_eval=384)
-    work = Path(tempfile.mkdtemp(prefix="personalize_toy_"))
+    work = Path(tempfile.mkdtemp(prefix="personalize_toy_")) if work is None else work
     t0 = time.time()
     texts, null = class_texts()
     latents, labels = subset(*make_data(4096, seed=0), list(BASE))
     held, held_labels = subset(*make_data(sizes["n_eval"] * 4 // 3 + 4, seed=1), list(BASE))
     new_held, _ = subset(*make_data(sizes["n_eval"] * 4, seed=3), [NEW])
     new_held = new_held[:sizes["n_eval"]]
-    teacher = train_teacher(latents, labels, texts, null, sizes["teacher_steps"], 32)
     teacher_file = work / "teacher.safetensors"
-    save_dit(teacher, teacher_file)
-    base_cache = write_cache(work / "base_cache", latents, labels, texts, null)
+    if teacher_file.is_file():  # --work of an earlier run: the same teacher (training is deterministic)
+        teacher = load_dit(teacher_file).eval().requires_grad_(False)
+    else:
+        teacher = train_teacher(latents, labels, texts, null, sizes["teacher_steps"], 32)
+        save_dit(teacher, teacher_file)
+    base_cache = work / "base_cache"
+    if not base_cache.is_dir():
+        write_cache(base_cache, latents, labels, texts, null)
     result = {"sizes": sizes, "part_a": {}, "part_b": {}, "seconds": {}}
     pairs = ode_pairs(teacher, texts, null, 4096, seed=11)
     held_pairs = ode_pairs(teacher, texts, null, 512, seed=12)
     result["teacher_32_swd_old"] = swd_teacher_old(teacher, texts, null, held, held_labels)
     result["teacher_1_swd_old"] = swd_teacher_old(teacher, texts, null, held, held_labels, steps=1)
-    sprint_file = None
-    for seed in seeds:
+    sprint_file = work / "a_defaults_0" / STUDENT_FILE
+    sprint_file = sprint_file if sprint_file.is_file() and "a" not in parts else None
+    for seed in seeds if "a" in parts else ():
         rows = {}
         for name, changes in PART_A.items():
             out = distill.train(config_from_dict(run_config(work, f"a_{name}_{seed}".replace(" ", "_"), teacher_file,
@@ -295,9 +334,9 @@ def run(quick: bool, seeds: list[int]) -> dict:
         rows["regression bound"] = part_a_scores(bound, held_pairs, texts, held, held_labels)
         result["part_a"][seed] = rows
     result["seconds"]["part A"] = round(time.time() - t0, 1)
-    for seed in seeds:
+    for seed in seeds if "b" in parts else ():
         result["part_b"][seed] = personalise(work, seed, sizes, teacher_file, sprint_file, texts, null, held,
-                                             held_labels, new_held)
+                                             held_labels, new_held, routes)
     result["seconds"]["total"] = round(time.time() - t0, 1)
     floor_old = sum(sliced_w1(subset(*make_data(sizes["n_eval"] * 4 // 3 + 4, seed=2), [c])[0],
                               held[held_labels == c]) for c in BASE) / len(BASE)
@@ -320,11 +359,12 @@ def swd_teacher_old(teacher, texts, null, held, held_labels, steps: int = 32) ->
 def markdown(result: dict) -> str:
     """Part A and part B as markdown tables: mean ± sd over seeds."""
     seeds = list(result["part_a"])
-    lines = [f"Part A: plain distillation, {result['sizes']['base_updates']} student updates, seeds {seeds}; teacher "
+    lines = [] if not seeds else [
+             f"Part A: plain distillation, {result['sizes']['base_updates']} student updates, seeds {seeds}; teacher "
              f"SWD (old concepts) 32 steps {result['teacher_32_swd_old']:.3f}, 1 step "
              f"{result['teacher_1_swd_old']:.3f}; data floor {result['swd_floor']['old']}", "",
              "| student | 1-step RMSE to the teacher's ODE | 1-step SWD to data |", "|---|---:|---:|"]
-    names = list(next(iter(result["part_a"].values())))
+    names = list(next(iter(result["part_a"].values()))) if seeds else []
     for name in names:
         rmse = mean_sd([result["part_a"][s][name]["rmse"] for s in seeds])
         swd = mean_sd([result["part_a"][s][name]["swd"] for s in seeds])
@@ -350,8 +390,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few-minute smoke version (numbers not meaningful)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
+    parser.add_argument("--parts", default="ab", help="a, b or ab (part b alone needs --work of a part-a run)")
+    parser.add_argument("--routes", default=",".join(ROUTES), help=f"part b routes, of {', '.join(ROUTES)}")
+    parser.add_argument("--work", type=Path, default=None, help="work folder (reused: teacher, base student)")
     args = parser.parse_args()
-    result = run(args.quick, [int(s) for s in args.seeds.split(",") if s.strip()])
+    routes = tuple(r.strip() for r in args.routes.split(",") if r.strip())
+    if set(routes) - set(ROUTES) or set(args.parts) - set("ab"):
+        parser.error(f"--routes takes {', '.join(ROUTES)}; --parts a, b or ab")
+    result = run(args.quick, [int(s) for s in args.seeds.split(",") if s.strip()], args.parts, routes, args.work)
     print(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k in ("sizes", "seconds", "swd_floor")}))
     if args.out:

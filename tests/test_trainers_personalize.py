@@ -120,6 +120,7 @@ def test_prior_preservation_generates_once_and_trains_on_it(workspace):
     rows = read_rows(stage1 / "loss.csv")
     assert all(float(r["loss_prior"]) > 0 for r in rows) and lora.is_file()
     assert outcome.run.mode is PERSONALIZE and (outcome.out / "checkpoints" / "latest.json").is_file()
+    assert type(outcome.run.stream).__name__ == "PriorMix" and outcome.run.stream.calls == 2  # stage 2 mixes it
 
 
 def test_stop_in_either_stage_then_resume_equals_an_uninterrupted_run(workspace):
@@ -179,3 +180,36 @@ def test_bad_models_are_named(workspace):
     with pytest.raises(ValueError, match="data.text_encoder is empty"):
         train(config_from_dict(personal_config(workspace, personalize={"prior_prompts": ["a dog"]},
                                                train={"output_dir": str(workspace / "p")})))
+
+
+def test_stage_two_mixes_prior_batches_deterministically(workspace):
+    """Iterations 2, 3, 6, 7, ... draw the prior set, the others the user's images; the call count is in
+    the stream state, so a stream restored from it continues with the same batches."""
+    from trainers.batches import BatchStream
+    from trainers.personalize import PriorMix
+    from trainers.precompute import CachedDataset
+
+    g = torch.Generator().manual_seed(0)
+    prior = (torch.randn(3, 4, 4, 4, generator=g) + 100.0, torch.randn(3, 6, 48, generator=g),
+             torch.ones(3, 6, dtype=torch.int64))
+
+    def mix():
+        return PriorMix(BatchStream(CachedDataset(workspace / "cache"), 2, seed=1), prior, seed=1)
+
+    stream = mix()
+    batches = [stream.next("cpu") for _ in range(8)]
+    from_prior = [bool(b.latents.mean() > 50) for b in batches]
+    assert from_prior == [False, False, True, True, False, False, True, True]
+    assert all(b.latents.shape[0] == 2 and b.text.shape == (2, 6, 48) for b in batches)
+    resumed = mix()
+    resumed.load_state(_first_calls(mix, 5).state())
+    for want in batches[5:]:
+        got = resumed.next("cpu")
+        assert torch.equal(got.latents, want.latents) and torch.equal(got.text, want.text)
+
+
+def _first_calls(make, n):
+    stream = make()
+    for _ in range(n):
+        stream.next("cpu")
+    return stream

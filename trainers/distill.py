@@ -126,6 +126,8 @@ def setup(cfg: Config, acc, teacher_path: str, base_hash: str, models: dict | No
     strength = cfg.controlnet.strength if cfg.controlnet.mode != "off" else None  # batches carry the control
     stream = BatchStream(CachedDataset(cfg.data.cache_dir), cfg.train.batch_size, cfg.train.seed,
                          acc.process_index, acc.num_processes, control_strength=strength)
+    if mode.stream is not None:
+        stream = mode.stream(cfg, stream)
     generator = torch.Generator().manual_seed(cfg.train.seed + 7919 * acc.process_index)
     return Run(cfg, acc, nets, opt_g, opt_d, stream, generator, Path(cfg.train.output_dir), base_hash, teacher_path,
                mode, sharded=sharded)

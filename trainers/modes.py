@@ -47,6 +47,7 @@ class Mode:
     export: Export
     kind: Callable[[Config], str]  # the outputs' metadata kind
     validation_inputs: Callable | None = None  # (dataset, cfg, vae, device) -> (image size, model kwargs)
+    stream: Callable | None = None  # (cfg, BatchStream) -> the stream the loop draws from (default: that one)
 
 
 def distill_step(nets: Nets, batch: Batch, cfg: Config, step: int, draws: Draws) -> dict:
@@ -106,7 +107,8 @@ TEACHER_LORA = Mode("teacher_lora", personalize.build_teacher_lora, personalize.
                     lambda cfg: cfg.model.teacher, personalize.export_teacher_lora, lambda cfg: "teacher_lora")
 
 PERSONALIZE = Mode("personalize", personalize.build_personal_pair, distill_step,
-                   lambda cfg: cfg.personalize.sprint, personalize.export_sprint_lora, lambda cfg: "lora")
+                   lambda cfg: cfg.personalize.sprint, personalize.export_sprint_lora, lambda cfg: "lora",
+                   stream=personalize.with_prior_batches)
 
 
 def mode_of(cfg: Config) -> Mode:

@@ -189,6 +189,50 @@ def fit_tokens(text: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]
 # --- stage 2: the Sprint LoRA -------------------------------------------------------------------------
 
 
+class PriorMix:
+    """Stage 2's data with prior preservation: iterations 2, 3, 6, 7, 10, 11, ... (every other pair, so
+    both the student and the discriminator iterations of LADD see both sets) draw a batch of stage 1's
+    prior set instead of the user's images: the distillation then also keeps the Sprint LoRA on the
+    teacher's behaviour for the prior prompts. Deterministic in the call count, which the checkpoint
+    keeps, so a resumed run draws the same batches."""
+
+    def __init__(self, stream, prior: tuple[Tensor, Tensor, Tensor], seed: int):
+        self.stream, self.prior, self.seed, self.calls = stream, prior, seed, 0
+        self.control_strength = None
+
+    @property
+    def dataset(self):
+        return self.stream.dataset
+
+    def next(self, device) -> Batch:
+        n, self.calls = self.calls, self.calls + 1
+        if (n // 2) % 2 == 0:
+            return self.stream.next(device)
+        latents, text, mask = self.prior
+        b = self.stream.batch_size
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + n)
+        idx = torch.randint(latents.shape[0], (b,), generator=g)
+        data = self.stream.dataset
+        return Batch(latents[idx].to(device), text[idx].to(device), mask[idx].to(device),
+                     data.null_text[None].expand(b, -1, -1).to(device), data.null_mask[None].expand(b, -1).to(device))
+
+    def state(self) -> dict:
+        return {**self.stream.state(), "prior_calls": self.calls}
+
+    def load_state(self, state: dict) -> None:
+        self.stream.load_state(state)
+        self.calls = int(state.get("prior_calls", 0))
+
+
+def with_prior_batches(cfg: Config, stream):
+    """The stage-2 stream: PriorMix over `stream` when stage 1 drew a prior set (and prior_weight > 0)."""
+    path = teacher_lora_path(cfg).parent / PRIOR_FILE
+    if cfg.personalize.prior_weight <= 0 or not path.is_file():
+        return stream
+    saved = read_state_dict(path)
+    return PriorMix(stream, (saved["latents"], saved["text"], saved["mask"]), cfg.train.seed)
+
+
 def load_sprint(cfg: Config, device) -> SanaSprintDiT:
     """The released Sprint DiT of personalize.sprint in model.weights_dtype."""
     from sana_sprint_core.dit_loading import load_dit
