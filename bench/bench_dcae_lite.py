@@ -15,25 +15,15 @@ import argparse
 import torch
 
 from bench.measure import alternate, machine, median
+from bench.random_weights import fill_random
 from sana_sprint_core.dcae import DCAE_F32C32, DCAE_LITE_F32C32, Decoder
 from sana_sprint_core.precision import storage_dtype
 
 
 def random_decoder(config, dtype: torch.dtype, seed: int) -> Decoder:
-    torch.manual_seed(seed)
     with torch.device("meta"):
         decoder = Decoder(config, dtype=dtype)
-    decoder.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in decoder.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if p.ndim > 1:
-                p.copy_(noise / p[0].numel() ** 0.5)
-            else:
-                norm_weight = name.endswith(("norm.weight", "norm_out.weight"))
-                p.copy_((1.0 if norm_weight else 0.0) + 0.1 * noise)
-    return decoder.eval()
+    return fill_random(decoder.to_empty(device="cpu"), seed).eval()
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import torch
 
 from bench.measure import _status_kib, machine, peak_rss_delta_mib
 from bench.memory_modes import CHI_TOKENS, mode_peaks
+from bench.random_weights import fill_random
 from sana_sprint_core import precision
 from sana_sprint_core.constants import LATENT_CHANNELS, LATENT_DOWNSCALE, MAX_TEXT_TOKENS
 from sana_sprint_core.dcae import DCAE, DCAE_F32C32, decode
@@ -34,17 +35,6 @@ from sana_sprint_core.sampler import sample
 from sana_sprint_core.text_encoder import store_weights
 
 GIB = 1024**3
-
-
-def _fill(module: torch.nn.Module, seed: int) -> None:
-    """Random weights in place, one tensor at a time (N(0, 1/fan_in); norms near 1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            value = noise / p[0].numel() ** 0.5 if p.ndim > 1 else 0.1 * noise + ("norm" in name) * 1.0
-            p.copy_(value.to(p.dtype))
-            del noise, value
 
 
 def _resident(build) -> tuple[object, float]:
@@ -61,7 +51,7 @@ def _gemma(storage, compute):
     with torch.device("meta"):
         model = Gemma2Model(Gemma2Config(attn_implementation="eager")).to(compute)
     model.to_empty(device="cpu")
-    _fill(model, 0)
+    fill_random(model, 0)
     if storage != compute:
         store_weights(model, storage, compute)
     return model.eval().requires_grad_(False)
@@ -71,7 +61,7 @@ def _dit(preset, storage, compute):
     with torch.device("meta"):
         dit = SanaSprintDiT(PRESETS[preset], dtype=storage)
     dit.to_empty(device="cpu")
-    _fill(dit, 1)
+    fill_random(dit, 1)
     dit.compute_dtype = compute
     return dit.eval().requires_grad_(False)
 
@@ -80,7 +70,7 @@ def _vae(dtype):
     with torch.device("meta"):
         vae = DCAE(DCAE_F32C32, dtype=dtype)
     vae.to_empty(device="cpu")
-    _fill(vae, 2)
+    fill_random(vae, 2)
     return vae.eval().requires_grad_(False)
 
 

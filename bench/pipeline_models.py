@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from bench.random_weights import fill_random
 from sana_sprint_core.acceleration import fast_cpu_linears
 from sana_sprint_core.dcae import DCAE_F32C32, DCAEConfig, build_from_state_dict
 from sana_sprint_core.dit import SanaSprintDiT
@@ -61,21 +62,6 @@ class SetSpec:
         return SMOKE_DCAE if self.smoke else DCAE_F32C32
 
 
-def _fill_(model: nn.Module, seed: int) -> nn.Module:
-    """Seeded random weights in place: N(0, 1/fan_in) for matrices, norm weights near 1, small biases."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g).to(device=p.device, dtype=p.dtype)
-            if p.ndim > 1:
-                p.copy_(noise / p[0].numel() ** 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * noise)
-            else:
-                p.copy_(0.1 * noise)
-    return model
-
-
 def _materialise(model: nn.Module, spec: SetSpec, seed: int) -> nn.Module:
     """Meta parameters -> empty storage on the device in the dtype, then a seeded random fill.
 
@@ -89,7 +75,7 @@ def _materialise(model: nn.Module, spec: SetSpec, seed: int) -> nn.Module:
         for name, b in list(module._buffers.items()):
             if b is not None:
                 module._buffers[name] = b.to(spec.device)
-    return _fill_(model, seed).eval()
+    return fill_random(model, seed).eval()
 
 
 def _empty(cls, *args, **kwargs):

@@ -15,6 +15,7 @@ import argparse
 import torch
 
 from bench.measure import machine
+from bench.random_weights import fill_random
 from sana_sprint_core import precision
 from sana_sprint_core.dit import SanaSprintDiT
 from sana_sprint_core.dit_config import PRESETS
@@ -26,16 +27,7 @@ from sana_sprint_core.sampler import sample
 def random_dit(preset: str, seed: int = 0) -> SanaSprintDiT:
     with torch.device("meta"):
         dit = SanaSprintDiT(PRESETS[preset])
-    dit.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in dit.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if p.ndim > 1:
-                p.copy_(noise / p[0].numel() ** 0.5)
-            else:
-                p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + 0.1 * noise)
-    return dit.eval()
+    return fill_random(dit.to_empty(device="cpu"), seed).eval()
 
 
 def main() -> None:

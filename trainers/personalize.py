@@ -78,13 +78,20 @@ def build_teacher_lora(cfg: Config, device, models: dict) -> Pair:
     else:
         check_loaded_teacher(cfg, teacher, "the teacher")
     prior = prior_set(cfg, teacher, models.get("prior_text"), device)
-    dit = add_lora(teacher.requires_grad_(False), cfg.model)
+    dit = trainable_lora(teacher, cfg)
+    return Pair(FlowLoRA(dit, prior), None, "teacher_lora")
+
+
+def trainable_lora(dit: SanaSprintDiT, cfg: Config) -> SanaSprintDiT:
+    """`dit` frozen with fresh LoRA adapters (model.lora_*) that train in fp32 (B = 0: the output is
+    unchanged at the start)."""
+    dit = add_lora(dit.requires_grad_(False), cfg.model)
     for name, p in dit.named_parameters():
         if ".lora_" in name:
             p.data = p.data.float()
             p.requires_grad_(True)
     dit.gradient_checkpointing = cfg.model.gradient_checkpointing
-    return Pair(FlowLoRA(dit, prior), None, "teacher_lora")
+    return dit
 
 
 def teacher_lora_step(nets: Nets, batch: Batch, cfg: Config, step: int, draws: Draws) -> dict[str, Tensor]:
@@ -282,12 +289,7 @@ def build_personal_pair(cfg: Config, device, models: dict) -> Pair:
     sprint = load_sprint(cfg, device) if sprint is None else sprint
     check_sprint(sprint, teacher, cfg.personalize.sprint or "(given Sprint model)")
     teacher.requires_grad_(False).gradient_checkpointing = cfg.model.gradient_checkpointing
-    dit = add_lora(sprint.requires_grad_(False), cfg.model)
-    for name, p in dit.named_parameters():
-        if ".lora_" in name:
-            p.data = p.data.float()
-            p.requires_grad_(True)
-    dit.gradient_checkpointing = cfg.model.gradient_checkpointing
+    dit = trainable_lora(sprint, cfg)
     set_cross_attention(dit, "math")  # the JVP needs forward-mode AD through cross-attention
     return Pair(Student(dit, cfg.model.logvar_scale), Teacher(teacher), "personalize")
 
