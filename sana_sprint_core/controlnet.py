@@ -37,7 +37,6 @@ from .dit import BlockInputs, SanaBlock, SanaSprintDiT
 from .dit_config import DiTConfig
 from .dit_layers import CaptionProjection, RMSNorm, TimeGuidanceEmbed, mask_to_bias
 from .ops import factory_kwargs, resolve
-from .precision import is_fp8
 from .sampler import check_finite, sample
 from .trigflow_model import TrigFlowModel
 
@@ -181,9 +180,9 @@ class SanaControlNet(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype | None:
-        """The dtype the ControlNet computes in: set by the loader, else its weights' dtype (None for
-        fp8 weights: then the dtype of the stream it joins)."""
-        return getattr(self, "_compute_dtype", None) or (None if is_fp8(self.dtype) else self.dtype)
+        """The dtype the ControlNet computes in when set (by the loader), else None: then it computes in
+        the dtype of the stream it joins (the base DiT's compute dtype), whatever its weights are stored in."""
+        return getattr(self, "_compute_dtype", None)
 
     @compute_dtype.setter
     def compute_dtype(self, dtype: torch.dtype | None) -> None:

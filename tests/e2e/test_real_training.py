@@ -43,6 +43,16 @@ DISTILL, SAVE_LORA, LOSS_GRAPH = "12", "13", "14"
 SAVE_CONTROLNET = "13"  # in the ControlNet workflow (Distill and Loss Graph have the ids above)
 
 
+def fp32_workflow(path: Path) -> dict:
+    """A shipped API workflow with every loader at weight_dtype fp32: the tests compare latents exactly
+    across runs and files, and "auto" on the CPU stores bf16 (trained in bf16 autocast)."""
+    prompt = json.loads(path.read_text())
+    for node in prompt.values():
+        if node["class_type"].endswith("Loader") and "weight_dtype" in node["inputs"]:
+            node["inputs"]["weight_dtype"] = "fp32"
+    return prompt
+
+
 def start_server(tmp_path_factory, name: str, env: dict | None = None) -> ComfyServer:
     """A server with the pack, the tiny models, the tiny teacher and the training images."""
     from tests.fixtures.comfy_training import write_tiny_teacher, write_training_images
@@ -82,7 +92,7 @@ def client(server):
 
 def training_prompt(output_name: str, steps: int, **distill) -> dict:
     """The shipped workflow with CI-sized values: 64 px images, a rank-4 LoRA, previews every iteration."""
-    prompt = json.loads(WORKFLOW.read_text())
+    prompt = fp32_workflow(WORKFLOW)
     prompt["10"]["inputs"]["resolution"] = 64
     prompt[DISTILL]["inputs"].update(steps=steps, rank=4, alpha=4.0, learning_rate=1e-3, preview_every=1,
                                      save_every=0, output_name=output_name, **distill)
@@ -172,7 +182,7 @@ def test_interrupt_stops_training_with_a_checkpoint_and_resume_continues(server,
 def _lora_prompt(lora_name: str) -> dict:
     """Four samplers from one prompt: ours at 1 vs ours at 0 + ComfyUI's loader at 1, and ComfyUI's
     loader straight on the teacher vs the teacher alone; each latent saved with core SaveLatent."""
-    base = json.loads(WORKFLOW.read_text())
+    base = fp32_workflow(WORKFLOW)
     prompt = {k: base[k] for k in ("1", "2", "4", "5")}
     prompt["5"]["inputs"].update(width=64, height=64, aspect_ratio="custom")
     ours = lambda strength, model: {"class_type": "SanaSprintLoraLoader",  # noqa: E731
@@ -229,7 +239,7 @@ def test_lora_in_diffusers_form_loads_back_in_comfyui(server, client, trained):
 
 
 def test_saved_student_loads_back_with_the_same_output(server, client, trained):
-    base = json.loads(WORKFLOW.read_text())
+    base = fp32_workflow(WORKFLOW)
     lora = {"class_type": "SanaSprintLoraLoader",
             "inputs": {"model": ["1", 0], "lora_name": "sana_sprint_lora_00001.safetensors", "strength": 1.0}}
     save = {"class_type": "SanaSprintSaveStudent", "inputs": {"model": ["40", 0], "filename_prefix": "e2e_student",
@@ -265,7 +275,7 @@ def save_latent(source: str, name: str) -> dict:
 def controlnet_prompt(output_name: str, steps: int, **distill) -> dict:
     """The shipped ControlNet workflow with CI-sized values (64 px, 128 px HED maps); the ControlNet is
     saved in fp32 and the steered latent kept with SaveLatent."""
-    prompt = json.loads(CN_WORKFLOW.read_text())
+    prompt = fp32_workflow(CN_WORKFLOW)
     prompt["10"]["inputs"]["resolution"] = 64
     prompt[DISTILL]["inputs"].update(steps=steps, learning_rate=1e-3, preview_every=1, save_every=0,
                                      output_name=output_name, **distill)
@@ -316,12 +326,12 @@ def test_saved_controlnet_loads_back_with_the_same_latents(server, client, cn_tr
     """The saved file through SanaSprintControlNetLoader gives the trained ControlNet's latents; at
     strength 0 the image is another (the ControlNet steers)."""
     _, _, history = cn_trained
-    base = json.loads(CN_WORKFLOW.read_text())
+    base = fp32_workflow(CN_WORKFLOW)
     prompt = {k: base[k] for k in ("1", "2", "3", "4", "5", "9", "15", "16", "6")}
     prompt["5"]["inputs"].update(width=64, height=64, aspect_ratio="custom")
     prompt["15"]["inputs"]["detect_resolution"] = 128
     prompt["70"] = {"class_type": "SanaSprintControlNetLoader",
-                    "inputs": {"controlnet_name": "e2e_cn_00001.safetensors", "weight_dtype": "auto", "wiring": "auto"}}
+                    "inputs": {"controlnet_name": "e2e_cn_00001.safetensors", "weight_dtype": "fp32", "wiring": "auto"}}
     prompt["16"]["inputs"].update(controlnet=["70", 0], width=64, height=64)
     prompt["71"] = dict(prompt["16"], inputs={**prompt["16"]["inputs"], "strength": 0.0})
     prompt["72"] = dict(prompt["6"], inputs={**prompt["6"]["inputs"], "positive": ["71", 0]})
@@ -377,7 +387,7 @@ PERSONALIZE, SAVE_TEACHER_LORA = "12", "21"
 def personal_prompt(output_name: str, **changes) -> dict:
     """The shipped personalisation workflow with CI-sized values: 64 px, 2 teacher-LoRA updates, 2 Sprint
     iterations, rank 4, previews every iteration; the 1-step latent kept with SaveLatent."""
-    prompt = json.loads(PERSONAL_WORKFLOW.read_text())
+    prompt = fp32_workflow(PERSONAL_WORKFLOW)
     prompt["10"]["inputs"]["resolution"] = 64
     prompt[PERSONALIZE]["inputs"].update(steps=2, teacher_steps=2, rank=4, teacher_rank=4, learning_rate=1e-3,
                                          preview_every=1, save_every=0, output_name=output_name, **changes)
@@ -407,7 +417,7 @@ def test_personalize_workflow_trains_both_loras_and_the_sprint_lora_loads_back(s
         assert f.metadata()["sana_sprint.kind"] == "teacher_lora"
     # the saved Sprint LoRA on the Sprint model (SanaSprintLoraLoader, and ComfyUI's own loader: adapters
     # only, so it loads every key) gives the latents of the node's personalised MODEL
-    base = json.loads(PERSONAL_WORKFLOW.read_text())
+    base = fp32_workflow(PERSONAL_WORKFLOW)
     prompt = {k: base[k] for k in ("1", "2", "4", "5", "6")}
     prompt["5"]["inputs"].update(width=64, height=64, aspect_ratio="custom")
     prompt["40"] = {"class_type": "SanaSprintLoraLoader",
