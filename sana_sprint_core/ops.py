@@ -7,6 +7,7 @@ fp8 storage, ...). The core never names `torch.nn.Linear` directly in a model.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from types import SimpleNamespace
 
@@ -84,8 +85,10 @@ def _conv_path(x: Tensor, weight: Tensor) -> bool:
 
 
 def _conv_faster() -> bool:
-    """conv_linear_faster, except inside torch.compile (no measuring there): the result measured so far."""
-    if torch.compiler.is_compiling():
+    """conv_linear_faster, except inside torch.compile (no measuring there): the result measured so far.
+    Dynamo is only asked when it is already imported: importing it here, deep inside a model's forward
+    (a JVP in training), is slow and has failed in CPython's AST builder."""
+    if "torch._dynamo" in sys.modules and torch.compiler.is_compiling():
         return _MEASURED.get("conv", False)
     return conv_linear_faster()
 
