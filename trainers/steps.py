@@ -14,6 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+# torch.func.jvp imports its decompositions on first use, and that import TorchScript-compiles them
+# (Python source through the AST builder). Done here, at import (0.3 s), it runs in the importing
+# thread's shallow stack rather than inside the first JVP of a run (in ComfyUI: the executor thread,
+# deep in a node), where CPython's AST builder failed with "AST constructor recursion depth mismatch".
+import torch._decomp.decompositions_for_jvp  # noqa: F401, E402
 from torch import Tensor, nn
 
 from sana_sprint_core import trigflow
