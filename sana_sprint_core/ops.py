@@ -86,8 +86,7 @@ def _conv_path(x: Tensor, weight: Tensor) -> bool:
 
 def _conv_faster() -> bool:
     """conv_linear_faster, except inside torch.compile (no measuring there): the result measured so far.
-    Dynamo is only asked when it is already imported: importing it here, deep inside a model's forward
-    (a JVP in training), is slow and has failed in CPython's AST builder."""
+    Dynamo can only be compiling when it is imported, so the cheaper module check comes first."""
     if "torch._dynamo" in sys.modules and torch.compiler.is_compiling():
         return _MEASURED.get("conv", False)
     return conv_linear_faster()
