@@ -53,11 +53,9 @@ def conv_linear_faster() -> bool:
     second on a quiet CPU).
     Which one wins depends on the CPU: 1.2-2x faster on the machine of bench/bench_linear.py, 3x
     slower on an AVX2-only EPYC (docs/benchmarks.md). SANA_SPRINT_CPU_LINEAR=conv or gemm fixes it."""
-    forced = os.environ.get(LINEAR_PATH_ENV, "").strip().lower()
-    if forced in ("conv", "gemm"):
-        return forced == "conv"
-    if "conv" not in _MEASURED:
-        _MEASURED["conv"] = _measure_conv_linear()
+    if "conv" not in _MEASURED:  # decided once per process: this runs on every fp32 CPU Linear call
+        forced = os.environ.get(LINEAR_PATH_ENV, "").strip().lower()
+        _MEASURED["conv"] = forced == "conv" if forced in ("conv", "gemm") else _measure_conv_linear()
     return _MEASURED["conv"]
 
 

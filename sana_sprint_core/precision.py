@@ -43,11 +43,6 @@ def is_fp8(dtype: torch.dtype) -> bool:
     return dtype in FP8_DTYPES.values()
 
 
-def name_of(dtype: torch.dtype) -> str:
-    """The short name of a storage dtype (fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2)."""
-    return next(k for k, v in STORAGE_DTYPES.items() if v == dtype)
-
-
 @functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), as oneDNN reports it."""
@@ -103,7 +98,5 @@ def plan(requested: torch.dtype | str | None, device: torch.device | str) -> Pla
     storage = auto_storage(device) if requested in (None, "auto") else storage_dtype(requested)
     dit_compute = None if storage is None else compute_dtype(storage, device)
     te = torch.bfloat16 if storage in (None, torch.float16) else storage
-    vae = storage if storage in (torch.float32, torch.bfloat16) else None
-    if vae is None or (vae == torch.bfloat16 and device.type != "cuda"):
-        vae = torch.bfloat16 if device.type == "cuda" else torch.float32
+    vae = torch.float32 if storage == torch.float32 or device.type != "cuda" else torch.bfloat16
     return Plan(storage, dit_compute, te, compute_dtype(te, device), vae)

@@ -40,10 +40,13 @@ def test_linear_module_uses_plain_path_off_fp32_cpu():
 def test_linear_path_is_measured_once_or_fixed_by_the_environment(monkeypatch):
     from sana_sprint_core import ops
 
-    monkeypatch.setattr(ops, "_MEASURED", {})  # not measured yet in this process
     for value, want in (("conv", True), ("GEMM", False)):
+        monkeypatch.setattr(ops, "_MEASURED", {})  # not decided yet in this process
         monkeypatch.setenv(ops.LINEAR_PATH_ENV, value)
         assert ops.conv_linear_faster() is want
+        monkeypatch.setenv(ops.LINEAR_PATH_ENV, "conv" if not want else "gemm")
+        assert ops.conv_linear_faster() is want  # decided once: a later change of the variable is not read
+    monkeypatch.setattr(ops, "_MEASURED", {})
     monkeypatch.delenv(ops.LINEAR_PATH_ENV)
     assert ops.conv_linear_faster() in (True, False) and list(ops._MEASURED) == ["conv"]  # measured once
     calls = []

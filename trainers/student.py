@@ -25,12 +25,13 @@ from sana_sprint_core import trigflow
 from sana_sprint_core.constants import GUIDANCE_INIT_STD
 from sana_sprint_core.dit import SanaSprintDiT, set_cross_attention
 from sana_sprint_core.dit_layers import at_least_fp32
+from sana_sprint_core.precision import COMPUTE_DTYPES
 from sana_sprint_core.trigflow_model import TrigFlowModel
 
 from .config import Config, ModelConfig
 
 ADAPTER_NAME = "default"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # config dtype names
+DTYPES = COMPUTE_DTYPES  # config dtype names -> torch dtypes
 
 
 def load_teacher(cfg: Config, path: str, device) -> SanaSprintDiT:
