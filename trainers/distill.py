@@ -333,9 +333,7 @@ def train_teacher_lora(cfg: Config, acc) -> Path:
     path = personalize.teacher_lora_path(cfg)
     if path.is_file():
         return path
-    stage = personalize.teacher_lora_config(cfg)
-    if stage.train.resume and not (Path(stage.train.output_dir) / "checkpoints" / ckpt.LATEST).is_file():
-        stage = replace(stage, train=replace(stage.train, resume=""))  # stage 1 had not saved yet
+    stage = personalize.stage_config(personalize.teacher_lora_config(cfg))
     if acc.is_main_process:
         Path(stage.train.output_dir).mkdir(parents=True, exist_ok=True)
         save_config(stage, Path(stage.train.output_dir) / "config.json")

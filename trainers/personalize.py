@@ -26,11 +26,12 @@ from sana_sprint_core.checkpoint_io import read_state_dict, read_state_dict_with
 from sana_sprint_core.dit import SanaSprintDiT, set_cross_attention
 from sana_sprint_core.lora_formats import check_against, merge_into, read_lora
 
+from .checkpoint import LATEST
 from .config import Config
 from .export import DIFFUSERS_LORA_FILE, LORA_FILE, STUDENT_FILE, diffusers_lora, dit_like, export_student, lora_file
 from .prepare import fm_loss
 from .steps import Batch, Draws, Nets
-from .student import DTYPES, Pair, Student, Teacher, add_lora, check_loaded_teacher, load_teacher
+from .student import DTYPES, Pair, Student, Teacher, check_loaded_teacher, load_teacher, trainable_lora
 
 TEACHER_LORA_FOLDER = "teacher_lora"  # stage 1's run folder inside train.output_dir
 TEACHER_LORA_FILE = "teacher_lora.safetensors"
@@ -46,6 +47,13 @@ def teacher_lora_config(cfg: Config) -> Config:
     train = replace(cfg.train, output_dir=str(Path(cfg.train.output_dir) / TEACHER_LORA_FOLDER),
                     max_steps=p.teacher_steps, validate_every=0, export_merged=False, export_diffusers_lora=False)
     return replace(cfg, model=model, distill=distill, optim=optim, train=train)
+
+
+def stage_config(cfg: Config) -> Config:
+    """A stage's config as a run of it starts: resumed ('latest') when resuming was asked and the stage's
+    folder has a checkpoint, else new (a stage that had not saved yet starts over)."""
+    saved = (Path(cfg.train.output_dir) / "checkpoints" / LATEST).is_file()
+    return replace(cfg, train=replace(cfg.train, resume="latest" if cfg.train.resume and saved else ""))
 
 
 def teacher_lora_path(cfg: Config) -> Path:
@@ -78,20 +86,8 @@ def build_teacher_lora(cfg: Config, device, models: dict) -> Pair:
     else:
         check_loaded_teacher(cfg, teacher, "the teacher")
     prior = prior_set(cfg, teacher, models.get("prior_text"), device)
-    dit = trainable_lora(teacher, cfg)
+    dit = trainable_lora(teacher, cfg.model)
     return Pair(FlowLoRA(dit, prior), None, "teacher_lora")
-
-
-def trainable_lora(dit: SanaSprintDiT, cfg: Config) -> SanaSprintDiT:
-    """`dit` frozen with fresh LoRA adapters (model.lora_*) that train in fp32 (B = 0: the output is
-    unchanged at the start)."""
-    dit = add_lora(dit.requires_grad_(False), cfg.model)
-    for name, p in dit.named_parameters():
-        if ".lora_" in name:
-            p.data = p.data.float()
-            p.requires_grad_(True)
-    dit.gradient_checkpointing = cfg.model.gradient_checkpointing
-    return dit
 
 
 def teacher_lora_step(nets: Nets, batch: Batch, cfg: Config, step: int, draws: Draws) -> dict[str, Tensor]:
@@ -289,7 +285,7 @@ def build_personal_pair(cfg: Config, device, models: dict) -> Pair:
     sprint = load_sprint(cfg, device) if sprint is None else sprint
     check_sprint(sprint, teacher, cfg.personalize.sprint or "(given Sprint model)")
     teacher.requires_grad_(False).gradient_checkpointing = cfg.model.gradient_checkpointing
-    dit = trainable_lora(sprint, cfg)
+    dit = trainable_lora(sprint, cfg.model)
     set_cross_attention(dit, "math")  # the JVP needs forward-mode AD through cross-attention
     return Pair(Student(dit, cfg.model.logvar_scale), Teacher(teacher), "personalize")
 

@@ -258,12 +258,6 @@ def train_controlnet_in_process(cfg: Config, backbone, teacher: ControlledDiT | 
     return run_in_process(cfg, device, state_dict_sha256(backbone), hooks, **models)
 
 
-def _stage(cfg: Config) -> Config:
-    """A personalisation stage's config: resumed when asked and its folder has a checkpoint, else new."""
-    saved = (Path(cfg.train.output_dir) / "checkpoints" / ckpt.LATEST).is_file()
-    return replace(cfg, train=replace(cfg.train, resume="latest" if cfg.train.resume and saved else ""))
-
-
 def personalize_in_process(cfg: Config, teacher, sprint, hooks: Hooks | None = None,
                            teacher_hooks: Hooks | None = None,
                            prior_text: tuple[Tensor, Tensor] | None = None) -> tuple[Outcome, Path]:
@@ -282,13 +276,13 @@ def personalize_in_process(cfg: Config, teacher, sprint, hooks: Hooks | None = N
         check_run_folder(cfg, sprint_hash)
     path = personalize.teacher_lora_path(cfg)
     if not path.is_file():
-        stage = _stage(personalize.teacher_lora_config(cfg))
+        stage = personalize.stage_config(personalize.teacher_lora_config(cfg))
         first = run_in_process(stage, device, state_dict_sha256(teacher), teacher_hooks, TEACHER_LORA, False,
                                teacher=lambda: private_dit(teacher, device), prior_text=lambda: prior_text)
         if first.stopped:
             return first, path
         export(first.run, first.done)
-    second = _stage(replace(cfg, personalize=replace(cfg.personalize, teacher_lora=str(path))))
+    second = personalize.stage_config(replace(cfg, personalize=replace(cfg.personalize, teacher_lora=str(path))))
     outcome = run_in_process(second, device, sprint_hash, hooks, PERSONALIZE, False,
                              teacher=lambda: personalize.teacher_with_lora(private_dit(teacher, device), path),
                              sprint=lambda: private_dit(sprint, device))

@@ -205,6 +205,18 @@ def add_lora(dit: SanaSprintDiT, cfg: ModelConfig) -> SanaSprintDiT:
     return inject_adapter_in_model(lora, dit, adapter_name=ADAPTER_NAME)
 
 
+def trainable_lora(dit: SanaSprintDiT, cfg: ModelConfig, also: tuple[str, ...] = ()) -> SanaSprintDiT:
+    """`dit` frozen with fresh LoRA adapters (model.lora_*; B = 0, so the output is unchanged at the start)
+    that train in fp32, with the modules named by the prefixes `also` trained in full."""
+    dit = add_lora(dit.requires_grad_(False), cfg)
+    for name, p in dit.named_parameters():
+        if ".lora_" in name or name.startswith(also):
+            p.data = p.data.float()
+            p.requires_grad_(True)
+    dit.gradient_checkpointing = cfg.gradient_checkpointing
+    return dit
+
+
 @dataclass
 class Pair:
     """The trainable student and the frozen teacher view of the distillation."""
@@ -224,12 +236,7 @@ def build_pair(teacher_dit: SanaSprintDiT, cfg: ModelConfig, generator: torch.Ge
         teacher = Teacher(teacher_dit)
     else:
         dit = with_guidance_embedder(teacher_dit, teacher_dit.dtype, copy=False, generator=generator)
-        dit.requires_grad_(False)
-        dit = add_lora(dit, cfg)
-        for name, p in dit.named_parameters():
-            if ".lora_" in name or name.startswith("time_embed.guidance_embedder."):
-                p.data = p.data.float()
-                p.requires_grad_(True)
+        dit = trainable_lora(dit, cfg, also=("time_embed.guidance_embedder.",))
     dit.gradient_checkpointing = cfg.gradient_checkpointing
     set_cross_attention(dit, "math")  # the JVP needs forward-mode AD through cross-attention
     student = Student(dit, cfg.logvar_scale)
