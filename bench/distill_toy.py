@@ -148,9 +148,10 @@ def checkpoint_students(out: Path) -> list[SanaSprintDiT]:
 
 
 @torch.no_grad()
-def teacher_euler(dit, noise, text, null, w: float, steps: int) -> torch.Tensor:
-    """Flow-matching Euler from tau = 1 to 0 with real CFG: v = v_u + w (v_c - v_u)."""
+def teacher_euler(dit, noise, text, null, w: float | torch.Tensor, steps: int) -> torch.Tensor:
+    """Flow-matching Euler from tau = 1 to 0 with real CFG: v = v_u + w (v_c - v_u); w a number or (B,)."""
     b = noise.shape[0]
+    w = torch.as_tensor(w, dtype=noise.dtype).reshape(-1, 1, 1, 1)
     x, ones = noise.clone(), torch.ones(b, TOKENS, dtype=torch.int64)
     taus = torch.linspace(1.0, 0.0, steps + 1)
     for t, t_next in zip(taus[:-1], taus[1:]):

@@ -101,22 +101,9 @@ def ode_pairs(teacher, texts, null, n: int, seed: int):
     labels = torch.tensor(BASE)[torch.randint(len(BASE), (n,), generator=g)]
     w = torch.tensor(CFG_SCALES)[torch.randint(len(CFG_SCALES), (n,), generator=g)]
     noise = torch.randn(n, CHANNELS, SIDE, SIDE, generator=g)
-    ends = torch.cat([teacher_euler_w(teacher, noise[i:i + 256], texts[labels[i:i + 256]], null, w[i:i + 256], 32)
+    ends = torch.cat([teacher_euler(teacher, noise[i:i + 256], texts[labels[i:i + 256]], null, w[i:i + 256], 32)
                       for i in range(0, n, 256)])
     return noise, labels, w, ends
-
-
-@torch.no_grad()
-def teacher_euler_w(dit, noise, text, null, w, steps: int):
-    """teacher_euler with a guidance per sample (w (B,))."""
-    b = noise.shape[0]
-    x, ones = noise.clone(), torch.ones(b, TOKENS, dtype=torch.int64)
-    taus = torch.linspace(1.0, 0.0, steps + 1)
-    for t, t_next in zip(taus[:-1], taus[1:]):
-        tau = torch.full((b,), float(t))
-        v_c, v_u = dit(x, tau, text, ones), dit(x, tau, null[None].expand(b, -1, -1), ones)
-        x = x - (t - t_next) * (v_u + w[:, None, None, None] * (v_c - v_u))
-    return x
 
 
 def regression_student(teacher, pairs, texts, updates: int, seed: int):

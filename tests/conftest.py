@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 # No model hub in tests: everything is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -16,3 +18,14 @@ if os.environ.get("OMP_NUM_THREADS", "").isdigit():
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture()
+def workspace(tmp_path):
+    """A trainer workspace: the tiny teacher as teacher.safetensors and a synthetic cache in cache/
+    (test modules that need another one define their own)."""
+    from tests.fixtures.distill import write_synthetic_cache, write_teacher
+
+    write_teacher(tmp_path / "teacher.safetensors")
+    write_synthetic_cache(tmp_path / "cache")
+    return tmp_path

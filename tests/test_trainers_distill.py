@@ -9,19 +9,12 @@ from safetensors import safe_open
 from sana_sprint_core.checkpoint_io import read_state_dict, read_state_dict_with_info
 from sana_sprint_core.dit_loading import load_dit
 from tests.fixtures.distill import one_thread  # noqa: F401 (fixture)
-from tests.fixtures.distill import trainer_config, write_synthetic_cache, write_teacher
+from tests.fixtures.distill import trainer_config
 from trainers.config import config_from_dict
 from trainers.distill import LORA_FILE, STUDENT_FILE, main, train
 from trainers.logs import read_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture()
-def workspace(tmp_path):
-    write_teacher(tmp_path / "teacher.safetensors")
-    write_synthetic_cache(tmp_path / "cache")
-    return tmp_path
 
 
 def losses_of(out):

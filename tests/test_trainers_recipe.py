@@ -7,7 +7,7 @@ import torch
 
 from sana_sprint_core.checkpoint_io import read_state_dict
 from tests.fixtures.distill import one_thread  # noqa: F401 (fixture)
-from tests.fixtures.distill import trainer_config, write_synthetic_cache, write_teacher
+from tests.fixtures.distill import trainer_config
 from trainers.config import OptimConfig, config_from_dict
 from trainers.distill import LORA_FILE, STUDENT_FILE, train
 from trainers.ema import Ema, ema_decay
@@ -15,13 +15,6 @@ from trainers.logs import clipping_summary, read_rows
 from trainers.optim import Clipper, apply_update, lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture()
-def workspace(tmp_path):
-    write_teacher(tmp_path / "teacher.safetensors")
-    write_synthetic_cache(tmp_path / "cache")
-    return tmp_path
 
 
 def test_lr_factor_warms_up_then_decays_to_the_floor_at_the_last_update():

@@ -9,7 +9,7 @@ from PIL import Image
 from sana_sprint_core.checkpoint_io import read_state_dict_with_info
 from sana_sprint_core.dit_loading import load_dit
 from tests.fixtures.distill import one_thread  # noqa: F401 (fixture)
-from tests.fixtures.distill import tiny_teacher, trainer_config, write_synthetic_cache, write_teacher
+from tests.fixtures.distill import tiny_teacher, trainer_config
 from trainers.config import config_from_dict
 from trainers.data import bucket_counts, scan_folder
 from trainers.discriminator import fit_head_blocks
@@ -21,13 +21,6 @@ from trainers.session import Hooks, SingleProcess, outcome_lora, outcome_student
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LOSSES = ("phase", "loss_scm", "loss_adv", "loss_d", "grad_norm")
-
-
-@pytest.fixture()
-def workspace(tmp_path):
-    write_teacher(tmp_path / "teacher.safetensors")
-    write_synthetic_cache(tmp_path / "cache")
-    return tmp_path
 
 
 def _cfg(workspace, name, **train):
