@@ -148,16 +148,18 @@ def checkpoint_students(out: Path) -> list[SanaSprintDiT]:
 
 
 @torch.no_grad()
-def teacher_euler(dit, noise, text, null, w: float | torch.Tensor, steps: int) -> torch.Tensor:
-    """Flow-matching Euler from tau = 1 to 0 with real CFG: v = v_u + w (v_c - v_u); w a number or (B,)."""
+def teacher_euler(dit, noise, text, null, w: float | torch.Tensor, steps: int, model_kwargs: dict | None = None
+                  ) -> torch.Tensor:
+    """Flow-matching Euler from tau = 1 to 0 with real CFG: v = v_u + w (v_c - v_u); w a number or (B,).
+    model_kwargs go to both CFG halves (a ControlledDiT's `control`)."""
     b = noise.shape[0]
     w = torch.as_tensor(w, dtype=noise.dtype).reshape(-1, 1, 1, 1)
     x, ones = noise.clone(), torch.ones(b, TOKENS, dtype=torch.int64)
     taus = torch.linspace(1.0, 0.0, steps + 1)
     for t, t_next in zip(taus[:-1], taus[1:]):
         tau = torch.full((b,), float(t))
-        v_c = dit(x, tau, text, ones)
-        v_u = dit(x, tau, null[None].expand(b, -1, -1), ones)
+        v_c = dit(x, tau, text, ones, **(model_kwargs or {}))
+        v_u = dit(x, tau, null[None].expand(b, -1, -1), ones, **(model_kwargs or {}))
         x = x - (t - t_next) * (v_u + w * (v_c - v_u))
     return x
 
@@ -210,7 +212,6 @@ def evaluate(teacher, students: dict, texts, null, held_out, held_labels, n: int
 def head_logits(out: Path, teacher, student, latents, labels, texts, n: int = 256, seed: int = 321) -> dict:
     """Mean logits of the run's final heads on real data, the student's 1-step samples and misaligned
     pairs (another class's image with this caption), each noised at discriminator times."""
-    from sana_sprint_core import trigflow
     from sana_sprint_core.constants import SIGMA_DATA
     from trainers.discriminator import Discriminator, teacher_features
     from trainers.student import Teacher

@@ -19,6 +19,7 @@ from sana_sprint_core.dit_loading import load_dit, save_dit
 
 from . import losses
 from .config import Config, PrepareConfig
+from .controlnet import control_kwargs
 from .optim import apply_update, clipper, make_optimizer
 from .steps import Batch, Draws
 
@@ -45,6 +46,8 @@ def fm_loss(dit: torch.nn.Module, batch: Batch, cfg: PrepareConfig, draws: Draws
     """The flow-matching loss at logit-normal tau (SANA / SD3 sampling), with caption dropout.
 
     `dit` (maybe DDP-wrapped) predicts v = eps - x0 at x_tau = (1 - tau) x0 + tau eps; `dtype` is its weights'.
+    A batch with a control latent steers a ControlledDiT with it (a Sana ControlNet's own training: the
+    caption is dropped, the control never).
     """
     x0 = at_least_fp32(batch.latents)
     b = x0.shape[0]
@@ -55,7 +58,7 @@ def fm_loss(dit: torch.nn.Module, batch: Batch, cfg: PrepareConfig, draws: Draws
     drop = (draws.uniform(b) < cfg.caption_dropout)[:, None]
     text = torch.where(drop[..., None], batch.null_text, batch.text)
     mask = torch.where(drop, batch.null_mask, batch.mask)
-    v = dit(x_tau.to(dtype), tau, text.to(dtype), mask)
+    v = dit(x_tau.to(dtype), tau, text.to(dtype), mask, **control_kwargs(batch.control, batch.control_strength))
     return losses.flow_matching_loss(v, x0, noise)
 
 
