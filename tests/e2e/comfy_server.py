@@ -35,16 +35,18 @@ def free_port() -> int:
 class ComfyServer:
     """`python main.py --cpu ...` in `comfy_dir` with `base` as --base-directory."""
 
-    def __init__(self, comfy_dir: Path, base: Path, log: Path, env: dict | None = None):
+    def __init__(self, comfy_dir: Path, base: Path, log: Path, env: dict | None = None, python: str | None = None,
+                 wrap=None):
+        """`python`: ComfyUI's interpreter (default: this one); `wrap(cmd) -> cmd`: e.g. run it in a memory group."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [python or sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--base-directory", str(base), "--preview-method", "auto",
                "--database-url", "sqlite:///:memory:"]
         self._log_file = open(log, "w")
-        self.proc = subprocess.Popen(cmd, cwd=comfy_dir, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(wrap(cmd) if wrap else cmd, cwd=comfy_dir, stdout=self._log_file,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def wait_ready(self, probe: str, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
