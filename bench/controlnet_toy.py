@@ -70,6 +70,7 @@ SANA = DiTConfig(hidden_size=64, num_layers=4, num_heads=2, cross_heads=2, in_ch
 TOY_VAE = DCAEConfig(latent_channels=CHANNELS, widths=(8, 16, 32), encoder_depths=(1, 1, 1),
                      decoder_depths=(1, 1, 1), encoder_attention=(False,) * 3, decoder_attention=(False,) * 3,
                      multiscale_kernels=(), scaling_factor=1.0)
+MODELS_DONE = "models.json"  # written under the work folder once its teachers and student are saved
 ROUTES = {  # name -> ControlNet section of the trainer config (None: no training)
     "direct": None,
     "distill/teacher": {"mode": "distill", "init": "teacher"},
@@ -224,7 +225,7 @@ def train_route(work: Path, name: str, updates: int, seed: int) -> SanaControlNe
     """One ControlNet route on the frozen student through the real trainer; returns the exported ControlNet."""
     section = ROUTES[name]
     ladd = section["mode"] == "distill"
-    cfg = run_config(work, f"{name.replace('/', '-')}-{seed}", updates, seed, ladd,
+    cfg = run_config(work, f"{name.replace('/', '-')}-{updates}-{seed}", updates, seed, ladd,
                      model={"teacher": str(work / "sana_teacher.safetensors") if ladd else ""},
                      data={"cache_dir": str(work / "control_cache")},
                      controlnet={**section, "backbone": str(work / "student.safetensors"), "num_blocks": CN_BLOCKS,
@@ -260,25 +261,24 @@ def evaluate(models: dict, nets: dict, texts, null, held: Data, seed: int) -> di
     return out
 
 
-def run(quick: bool, seeds: list[int]) -> dict:
+def run(quick: bool, seeds: list[int], routes: list[str], cn_updates: int | None = None,
+        work: Path | None = None) -> dict:
+    """Train (or, when `work` holds them, reuse) the models, then each route per seed; the result dict."""
     torch.set_num_threads(1)  # tiny models: one thread is fastest on a busy 2-core machine
     sizes = dict(teacher_steps=200, cn_steps=100, prepare_steps=50, student_updates=40, cn_updates=30, n_eval=128) \
         if quick else dict(teacher_steps=2000, cn_steps=1500, prepare_steps=500, student_updates=600, cn_updates=400,
                            n_eval=512)
+    sizes["cn_updates"] = cn_updates or sizes["cn_updates"]
     t0 = time.time()
     vae = toy_vae()
-    data, texts_null = make_data(4096, 0, vae), class_texts()
-    texts, null = texts_null
-    work = Path(tempfile.mkdtemp(prefix="controlnet_toy_"))
-    write_cache(work / "cache", data, texts, null, control=False)
-    write_cache(work / "control_cache", data, texts, null, control=True)
-    models = train_models(data, texts, null, sizes, work)
-    save_dit(models["student"], work / "student.safetensors")
+    texts, null = class_texts()
+    work = work or Path(tempfile.mkdtemp(prefix="controlnet_toy_"))
+    models = saved_models(work) if (work / MODELS_DONE).exists() else new_models(work, vae, texts, null, sizes)
     seconds = {"models": round(time.time() - t0, 1)}
     per_seed = []
     for seed in seeds:
-        nets = {"direct": models["teacher_cn"]}
-        nets.update({name: train_route(work, name, sizes["cn_updates"], seed) for name in ROUTES if ROUTES[name]})
+        nets = {name: models["teacher_cn"] if name == "direct" else
+                train_route(work, name, sizes["cn_updates"], seed) for name in routes}
         held = make_data(sizes["n_eval"], 1000 + seed, vae)
         per_seed.append(evaluate(models, nets, texts, null, held, seed))
     held = make_data(sizes["n_eval"], 1000, vae)
@@ -288,7 +288,25 @@ def run(quick: bool, seeds: list[int]) -> dict:
                   "SWD floor (two held-out data sets)": sliced_w1(unrelated.latents, held.latents)}
     seconds["total"] = round(time.time() - t0, 1)
     return {"sizes": sizes, "seeds": seeds, "rows": summarise(per_seed), "references": references,
-            "per_seed": per_seed, "seconds": seconds}
+            "per_seed": per_seed, "seconds": seconds, "work": str(work)}
+
+
+def new_models(work: Path, vae: DCAE, texts, null, sizes: dict) -> dict:
+    """Caches and models of the toy, trained and saved under `work` (MODELS_DONE marks them complete)."""
+    data = make_data(4096, 0, vae)
+    write_cache(work / "cache", data, texts, null, control=False)
+    write_cache(work / "control_cache", data, texts, null, control=True)
+    models = train_models(data, texts, null, sizes, work)
+    save_dit(models["student"], work / "student.safetensors")
+    (work / MODELS_DONE).write_text(json.dumps(sizes))
+    return models
+
+
+def saved_models(work: Path) -> dict:
+    """The models an earlier run saved under `work` (`--work`)."""
+    load = lambda name: load_dit(work / name).eval().requires_grad_(False)  # noqa: E731
+    teacher_cn = load_controlnet(work / "teacher_cn.safetensors", dtype=torch.float32).eval().requires_grad_(False)
+    return {"sana": load("sana_teacher.safetensors"), "teacher_cn": teacher_cn, "student": load("student.safetensors")}
 
 
 def summarise(per_seed: list[dict]) -> list[dict]:
@@ -321,15 +339,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few-minute smoke version (numbers not meaningful)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the ControlNet runs (default 0,1,2)")
+    parser.add_argument("--routes", default=",".join(ROUTES), help=f"comma-separated subset of: {', '.join(ROUTES)}")
+    parser.add_argument("--cn-updates", type=int, default=None, help="ControlNet updates per route (default 400)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="work folder: reuses the teachers and student an earlier run saved there")
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     args = parser.parse_args()
+    routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+    unknown = [r for r in routes if r not in ROUTES]
+    if unknown or not routes:
+        raise SystemExit(f"--routes {args.routes!r}: unknown {unknown}; known: {', '.join(ROUTES)}")
+    if args.cn_updates is not None and args.cn_updates < 1:
+        raise SystemExit(f"--cn-updates must be at least 1, got {args.cn_updates}")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise SystemExit(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2") from None
     if not seeds:
         raise SystemExit("--seeds is empty; give at least one seed, e.g. 0")
-    result = run(args.quick, seeds)
+    result = run(args.quick, seeds, routes, args.cn_updates, args.work)
     print(markdown(result))
     print(json.dumps({"seconds": result["seconds"], "sizes": result["sizes"]}))
     if args.out:
