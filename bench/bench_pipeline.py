@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import pipeline_models as pm  # noqa: E402
-from bench.measure import machine, peak_rss_delta_mib  # noqa: E402
+from bench.measure import machine, peak_in_subprocess, peak_rss_delta_mib  # noqa: E402
 from sana_sprint_core.constants import (  # noqa: E402
     DEFAULT_GUIDANCE, LATENT_CHANNELS, LATENT_DOWNSCALE, MAX_TEXT_TOKENS, T_INTERMEDIATE_2STEP,
 )
@@ -44,10 +44,6 @@ PROMPTS = ("a cat on the moon", "A red fox jumps over the lazy dog, photo, golde
            "portrait of an old sailor, oil painting", "a bowl of ramen, studio light", "snowy mountain lake at dawn",
            "a robot reading a book in a library", "macro photo of a dew drop on a leaf",
            "an isometric pixel-art castle", "a watercolor map of an island", "neon street at night in the rain")
-# Environment of the fresh memory processes: a fixed mmap threshold makes glibc return every freed
-# buffer above 64 KiB to the OS, so the resident high-water mark is the live peak (without it the
-# same run varied 2x between processes).
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def diffusers_chi() -> list[str]:
@@ -200,17 +196,12 @@ def memory_child(args) -> None:
 
 def measure_memory(args) -> dict[str, dict[str, float]]:
     """Peak memory per stage and side, each in a fresh process (CPU) or in-process stats (CUDA)."""
-    import subprocess
-
     out = {}
     for stage in STAGES:
         out[stage] = {}
         for side in ("ours", "diffusers"):
-            argv = [sys.executable, __file__, *args.argv, "--memory-of", side, "--stage", stage,
-                    "--batch", str(args.latency_batch), "--size", str(args.size)]
-            env = {**os.environ, **MEMORY_ENV}
-            text = subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
-            out[stage][side] = float(text.strip().splitlines()[-1])
+            out[stage][side] = peak_in_subprocess([__file__, *args.argv, "--memory-of", side, "--stage", stage,
+                                                   "--batch", str(args.latency_batch), "--size", str(args.size)])
             print(f"memory {stage} {side}: {out[stage][side]:.0f} MiB", flush=True)
     return out
 
