@@ -19,7 +19,8 @@ Routes, each ControlNet on the frozen Sprint student (the trainer's ControlNet m
   direct            the teacher CN applied as it is (what the shipped workflows do with NVIDIA's HED CN)
   distill/teacher   mode distill (sCM + LADD from Sana teacher + teacher CN), started from the teacher CN
   distill/backbone  mode distill, started from the student's first blocks with zero projections
-  train             mode train: the denoising loss on the data, no teacher
+  train             mode train: the denoising loss on the data, no teacher, from the student's blocks
+  train/teacher     mode train started from the teacher CN
 Metrics on the same noises and controls (held-out rectangles), at 1, 2 and 4 steps: adherence = the
 mean IoU between the control's rectangle and the rectangle extracted from the sample (channel 0 > 0,
 the toy generator's own read-out); SWD = sliced Wasserstein-1 distance to held-out data of the same
@@ -76,6 +77,7 @@ ROUTES = {  # name -> ControlNet section of the trainer config (None: no trainin
     "distill/teacher": {"mode": "distill", "init": "teacher"},
     "distill/backbone": {"mode": "distill", "init": "backbone"},
     "train": {"mode": "train", "init": "backbone"},
+    "train/teacher": {"mode": "train", "init": "teacher"},
 }
 
 
@@ -229,7 +231,8 @@ def train_route(work: Path, name: str, updates: int, seed: int) -> SanaControlNe
                      model={"teacher": str(work / "sana_teacher.safetensors") if ladd else ""},
                      data={"cache_dir": str(work / "control_cache")},
                      controlnet={**section, "backbone": str(work / "student.safetensors"), "num_blocks": CN_BLOCKS,
-                                 "teacher_controlnet": str(work / "teacher_cn.safetensors") if ladd else ""},
+                                 "teacher_controlnet": str(work / "teacher_cn.safetensors")
+                                 if section["init"] == "teacher" else ""},
                      distill={"scm": ladd, "ladd": ladd})
     out = train(config_from_dict(cfg))
     return load_controlnet(out / CONTROLNET_FILE, dtype=torch.float32).eval().requires_grad_(False)
