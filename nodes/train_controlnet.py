@@ -56,8 +56,10 @@ def _inputs() -> list:
                                          "control_maps 'hed'."),
         io.Combo.Input("mode", options=list(MODES), default="distill",
                        tooltip="distill: learn from the teacher ControlNet on its Sana base with sCM + LADD (the "
-                               "SANA-Sprint recipe). train: no teacher, the denoising loss on your images (a plain "
-                               "ControlNet training; scm_weight, ladd_weight and max_time_probability are unused)."),
+                               "SANA-Sprint recipe; the best route on the toy of docs/training.md 10.1). train: no "
+                               "teacher, the denoising loss on your images (a plain ControlNet training; scm_weight, "
+                               "ladd_weight and max_time_probability are unused; on the toy it washed the 1-step "
+                               "images out)."),
         io.Combo.Input("teacher_controlnet", options=teacher_options(), default=COMFY_CONTROLNET_NAME,
                        tooltip="The Sana ControlNet in models/controlnet to distil (mode distill), e.g. "
                                f"{COMFY_CONTROLNET_NAME} of NVIDIA, whose file also holds the Sana base it steers. "
@@ -65,8 +67,9 @@ def _inputs() -> list:
         io.Combo.Input("init", options=list(CONTROLNET_INITS), default="auto",
                        tooltip="Start of the trained ControlNet. teacher: a copy of teacher_controlnet. backbone: "
                                f"copies of the model's first {CONTROLNET_BLOCKS} blocks with zero output projections "
-                               "(the controlled model starts equal to the model). auto: teacher when "
-                               "teacher_controlnet is set."),
+                               "(the controlled model starts equal to the model; learns far slower: on the toy of "
+                               "docs/training.md 10.1, 4x the updates stayed below the teacher's ControlNet used "
+                               "as it is). auto: teacher when teacher_controlnet is set."),
         *run_inputs(1e-5, "1e-5 is a cautious ControlNet value (untested at 1024 px).", "sana_sprint_controlnet"),
         io.Model.Input("teacher_model", optional=True,
                        tooltip="Optional: the flow-matching Sana MODEL the teacher ControlNet steers (mode distill). "
