@@ -58,8 +58,8 @@ def _inputs() -> list:
                        tooltip="distill: learn from the teacher ControlNet on its Sana base with sCM + LADD (the "
                                "SANA-Sprint recipe; the best route on the toy of docs/training.md 10.1). train: no "
                                "teacher, the denoising loss on your images (a plain ControlNet training; scm_weight, "
-                               "ladd_weight and max_time_probability are unused; on the toy it washed the 1-step "
-                               "images out)."),
+                               "ladd_weight and max_time_probability are unused; on the toy its 1-step images were far "
+                               "from the data)."),
         io.Combo.Input("teacher_controlnet", options=teacher_options(), default=COMFY_CONTROLNET_NAME,
                        tooltip="The Sana ControlNet in models/controlnet to distil (mode distill), e.g. "
                                f"{COMFY_CONTROLNET_NAME} of NVIDIA, whose file also holds the Sana base it steers. "
