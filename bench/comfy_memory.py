@@ -92,10 +92,10 @@ def write_models(models: Path) -> dict[str, float]:
 class MemoryGroup:
     """A cgroup-v1 memory group with a limit on RAM + swap; processes started through `wrap` run inside it."""
 
-    def __init__(self, limit_bytes: int):
-        if not os.access(CGROUP_ROOT, os.W_OK):
-            raise SystemExit(f"{CGROUP_ROOT} is not writable: run as root on a machine with cgroup-v1 memory groups")
-        self.path = Path(tempfile.mkdtemp(prefix="sana_sprint_", dir=CGROUP_ROOT))
+    def __init__(self, limit_bytes: int, root: Path = CGROUP_ROOT):
+        if not os.access(root, os.W_OK):
+            raise SystemExit(f"{root} is not writable: run as root on a machine with cgroup-v1 memory groups")
+        self.path = Path(tempfile.mkdtemp(prefix="sana_sprint_", dir=root))
         (self.path / "memory.limit_in_bytes").write_text(str(limit_bytes))
         swap = self.path / "memory.memsw.limit_in_bytes"
         if swap.exists():
@@ -128,8 +128,9 @@ def _vm_hwm_gib(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for process {pid}")
 
 
-def run_workflow(server, prompt: dict, timeout: float) -> dict:
-    """Queue `prompt`, poll its history until it ends (bounded by `timeout`); returns {"ok", "seconds", ...}."""
+def run_workflow(server, prompt: dict, timeout: float, poll: float = 2.0) -> dict:
+    """Queue `prompt`, poll its history every `poll` s until it ends (bounded by `timeout`); returns
+    {"ok", "seconds", ...}: ok only for a successful run that saved an image."""
     status, answer = server.post("/prompt", {"prompt": prompt})
     if status != 200:
         return {"ok": False, "error": answer}
@@ -144,7 +145,7 @@ def run_workflow(server, prompt: dict, timeout: float) -> dict:
             return {"ok": state.get("status_str") == "success" and bool(images),
                     "seconds": round(time.monotonic() - t0, 1), "images": len(images),
                     "messages": [m[0] for m in state.get("messages", [])]}
-        time.sleep(2)
+        time.sleep(poll)
     return {"ok": False, "error": f"not finished after {timeout} s"}
 
 
