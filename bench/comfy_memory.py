@@ -55,37 +55,45 @@ def _save(module: torch.nn.Module, path: Path, prefix: str = "") -> None:
     save_file({prefix + k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
 
 
+WEIGHTS = "diffusion_pytorch_model.safetensors"  # the weights file of a diffusers model folder
+
+
+def _write_diffusers(folder: Path, config: dict, build, dtype: torch.dtype, seed: int) -> Path:
+    """A diffusers model folder (config.json + weights) of `build()` with random weights, unless written."""
+    if not (folder / WEIGHTS).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(config, indent=1))
+        _save(_materialised(build, dtype, seed), folder / WEIGHTS)
+    return folder / WEIGHTS
+
+
+def _write_gemma(folder: Path) -> Path:
+    """A Hugging Face gemma-2-2b folder (config, small BPE tokenizer, random bf16 weights), unless written."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    from tests.fixtures.text import train_bpe_tokenizer
+
+    if not (folder / "model.safetensors").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        train_bpe_tokenizer(folder, vocab_size=600)
+        config = Gemma2Config(torch_dtype="bfloat16")  # transformers' defaults are gemma-2-2b's sizes
+        config.save_pretrained(folder)
+        _save(_materialised(lambda: Gemma2Model(config), torch.bfloat16, 0), folder / "model.safetensors", "model.")
+    return folder / "model.safetensors"
+
+
 def write_models(models: Path) -> dict[str, float]:
     """The real-size models under models/ (skipped where already written); returns their file sizes in GiB."""
     from tests.fixtures.comfy_models import diffusers_dcae_config, diffusers_dit_config
-    from tests.fixtures.text import train_bpe_tokenizer
 
-    dit_dir = models / "diffusion_models" / COMFY_DIT_NAME
-    if not (dit_dir / "diffusion_pytorch_model.safetensors").exists():
-        dit_dir.mkdir(parents=True, exist_ok=True)
-        config = PRESETS["sprint_1600m"]
-        (dit_dir / "config.json").write_text(json.dumps(diffusers_dit_config(config), indent=1))
-        dit = _materialised(lambda: SanaSprintDiT(config), torch.bfloat16, 1)
-        _save(dit, dit_dir / "diffusion_pytorch_model.safetensors")
-        del dit
-    vae_dir = models / "vae" / COMFY_VAE_NAME
-    if not (vae_dir / "diffusion_pytorch_model.safetensors").exists():
-        vae_dir.mkdir(parents=True, exist_ok=True)
-        (vae_dir / "config.json").write_text(json.dumps(diffusers_dcae_config(DCAE_F32C32), indent=1))
-        vae = _materialised(lambda: DCAE(DCAE_F32C32), torch.float32, 2)
-        _save(vae, vae_dir / "diffusion_pytorch_model.safetensors")
-        del vae
-    text_dir = models / "text_encoders" / COMFY_TEXT_ENCODER_NAME
-    if not (text_dir / "model.safetensors").exists():
-        from transformers import Gemma2Config, Gemma2Model
-
-        text_dir.mkdir(parents=True, exist_ok=True)
-        train_bpe_tokenizer(text_dir, vocab_size=600)
-        config = Gemma2Config(torch_dtype="bfloat16")  # transformers' defaults are gemma-2-2b's sizes
-        config.save_pretrained(text_dir)
-        _save(_materialised(lambda: Gemma2Model(config), torch.bfloat16, 0), text_dir / "model.safetensors", "model.")
-    files = {"dit": dit_dir / "diffusion_pytorch_model.safetensors", "text_encoder": text_dir / "model.safetensors",
-             "vae": vae_dir / "diffusion_pytorch_model.safetensors"}
+    dit = PRESETS["sprint_1600m"]
+    files = {
+        "dit": _write_diffusers(models / "diffusion_models" / COMFY_DIT_NAME, diffusers_dit_config(dit),
+                                lambda: SanaSprintDiT(dit), torch.bfloat16, 1),
+        "text_encoder": _write_gemma(models / "text_encoders" / COMFY_TEXT_ENCODER_NAME),
+        "vae": _write_diffusers(models / "vae" / COMFY_VAE_NAME, diffusers_dcae_config(DCAE_F32C32),
+                                lambda: DCAE(DCAE_F32C32), torch.float32, 2),
+    }
     return {k: round(p.stat().st_size / GIB, 2) for k, p in files.items()}
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from bench.distill_toy import mean_sd, sliced_w1, teacher_euler
+from bench.distill_toy import mean_sd, sliced_w1, subset_option, teacher_euler
 from sana_sprint_core.controlnet import ControlInput, ControlledDiT, SanaControlNet
 from sana_sprint_core.controlnet_loading import load_controlnet, save_controlnet
 from sana_sprint_core.dcae import DCAE, DCAEConfig, encode
@@ -348,10 +348,7 @@ def main() -> None:
                         help="work folder: reuses the teachers and student an earlier run saved there")
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     args = parser.parse_args()
-    routes = [r.strip() for r in args.routes.split(",") if r.strip()]
-    unknown = [r for r in routes if r not in ROUTES]
-    if unknown or not routes:
-        raise SystemExit(f"--routes {args.routes!r}: unknown {unknown}; known: {', '.join(ROUTES)}")
+    routes = subset_option("--routes", args.routes, ROUTES)
     if args.cn_updates is not None and args.cn_updates < 1:
         raise SystemExit(f"--cn-updates must be at least 1, got {args.cn_updates}")
     try:

@@ -179,6 +179,15 @@ def scores(x, reference, held_out, held_labels, labels) -> tuple[float, float, f
     return swd, (x - reference).pow(2).mean().sqrt().item(), x.pow(2).mean().sqrt().item()
 
 
+def subset_option(option: str, text: str, known) -> list[str]:
+    """The names of a comma-separated command-line option, each one of `known` (SystemExit names the rest)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise SystemExit(f"{option} {text!r}: unknown {unknown}; known: {', '.join(known)}")
+    return names
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     t = torch.tensor(values, dtype=torch.float64)
     return round(t.mean().item(), 3), round(t.std().item() if len(values) > 1 else 0.0, 3)
@@ -289,11 +298,7 @@ def main() -> None:
                         help=f"comma-separated subset of: {', '.join(STUDENTS)} (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     args = parser.parse_args()
-    names = [n.strip() for n in args.students.split(",") if n.strip()]
-    unknown = [n for n in names if n not in STUDENTS]
-    if unknown or not names:
-        raise ValueError(f"--students {args.students!r}: unknown names {unknown}; known: {', '.join(STUDENTS)}")
-    result = run(args.quick, names)
+    result = run(args.quick, subset_option("--students", args.students, STUDENTS))
     print(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
     if args.out:

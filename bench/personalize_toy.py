@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from bench.distill_toy import (
-    CHANNELS, SIDE, TOKENS, class_texts, make_data, mean_sd, sliced_w1, teacher_euler, train_teacher, write_cache,
+    CHANNELS, SIDE, TOKENS, class_texts, make_data, mean_sd, sliced_w1, subset_option, teacher_euler, train_teacher,
+    write_cache,
 )
 from sana_sprint_core import trigflow
 from sana_sprint_core.constants import SIGMA_DATA, T_MAX
@@ -381,9 +382,9 @@ def main() -> None:
     parser.add_argument("--routes", default=",".join(ROUTES), help=f"part b routes, of {', '.join(ROUTES)}")
     parser.add_argument("--work", type=Path, default=None, help="work folder (reused: teacher, base student)")
     args = parser.parse_args()
-    routes = tuple(r.strip() for r in args.routes.split(",") if r.strip())
-    if set(routes) - set(ROUTES) or set(args.parts) - set("ab"):
-        parser.error(f"--routes takes {', '.join(ROUTES)}; --parts a, b or ab")
+    routes = tuple(subset_option("--routes", args.routes, ROUTES))
+    if set(args.parts) - set("ab"):
+        parser.error("--parts takes a, b or ab")
     result = run(args.quick, [int(s) for s in args.seeds.split(",") if s.strip()], args.parts, routes, args.work)
     print(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k in ("sizes", "seconds", "swd_floor")}))

@@ -56,3 +56,27 @@ def test_the_wait_is_bounded_and_a_dead_server_is_reported():
     assert not result["ok"] and "not finished" in result["error"]
     dead = run_workflow(FakeServer(_entry("success", 1), exit_code=-9), {}, timeout=5, poll=0.01)
     assert not dead["ok"] and "exited with -9" in dead["error"]
+
+
+def test_written_folders_load_with_the_pack_loaders_and_are_not_rewritten(tmp_path):
+    """The bench's writer on tiny configs: the diffusers folders it writes load strictly, and a second call
+    leaves an existing file alone."""
+    import torch
+
+    from bench.comfy_memory import _write_diffusers
+    from sana_sprint_core.dcae import DCAE
+    from sana_sprint_core.dcae.loading import load_vae
+    from sana_sprint_core.dit import SanaSprintDiT
+    from sana_sprint_core.dit_loading import load_dit
+    from tests.fixtures.comfy_models import TINY_DCAE, TINY_DIT, diffusers_dcae_config, diffusers_dit_config
+
+    dit_file = _write_diffusers(tmp_path / "dit", diffusers_dit_config(TINY_DIT), lambda: SanaSprintDiT(TINY_DIT),
+                                torch.bfloat16, 1)
+    _write_diffusers(tmp_path / "vae", diffusers_dcae_config(TINY_DCAE), lambda: DCAE(TINY_DCAE),
+                                torch.float32, 2)
+    dit, vae = load_dit(tmp_path / "dit"), load_vae(tmp_path / "vae")
+    assert dit.config.hidden_size == TINY_DIT.hidden_size and vae.config.widths == TINY_DCAE.widths
+    assert bool(dit.proj_out.weight.abs().sum() > 0)  # random weights, not an empty model
+    stamp = dit_file.stat().st_mtime_ns
+    _write_diffusers(tmp_path / "dit", {}, lambda: None, torch.bfloat16, 1)  # would fail if it wrote again
+    assert dit_file.stat().st_mtime_ns == stamp
