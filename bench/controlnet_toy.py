@@ -42,7 +42,8 @@ from pathlib import Path
 
 import torch
 
-from bench.distill_toy import mean_sd, sliced_w1, subset_option, teacher_euler
+from bench import distill_toy
+from bench.distill_toy import TEXT_DIM, TOKENS, mean_sd, sliced_w1, subset_option, teacher_euler
 from sana_sprint_core.controlnet import ControlInput, ControlledDiT, SanaControlNet
 from sana_sprint_core.controlnet_loading import load_controlnet, save_controlnet
 from sana_sprint_core.dcae import DCAE, DCAEConfig, encode
@@ -60,7 +61,7 @@ from trainers.prepare import fm_step, to_sprint_teacher
 from trainers.steps import Batch, Draws
 from trainers.validation import sample_latents
 
-CHANNELS, SIDE, PIXELS_PER_LATENT, TOKENS, TEXT_DIM, CLASSES = 4, 8, 4, 4, 16, 2
+CHANNELS, SIDE, PIXELS_PER_LATENT, CLASSES = 4, 8, 4, 2  # captions: distill_toy's TOKENS x TEXT_DIM
 CN_BLOCKS = 2
 EVAL_W = 1.5
 CFG_SCALES = [1.0, 1.5, 2.0]
@@ -152,9 +153,9 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return (inter / union).mean().item()
 
 
-def class_texts(seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(CLASSES, TOKENS, TEXT_DIM, generator=g), torch.randn(TOKENS, TEXT_DIM, generator=g)
+def class_texts() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2 classes' caption embeddings and the empty prompt's (distill_toy's generator)."""
+    return distill_toy.class_texts(classes=CLASSES)
 
 
 def batch_of(data: Data, idx, texts, null, control: bool) -> Batch:

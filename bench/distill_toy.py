@@ -80,10 +80,10 @@ def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return out + 0.05 * torch.randn(out.shape, generator=g), labels
 
 
-def class_texts(seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
-    """Caption embeddings (CLASSES, TOKENS, TEXT_DIM) and the empty-prompt embedding (TOKENS, TEXT_DIM)."""
+def class_texts(seed: int = 7, classes: int = CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption embeddings (classes, TOKENS, TEXT_DIM) and the empty-prompt embedding (TOKENS, TEXT_DIM)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(CLASSES, TOKENS, TEXT_DIM, generator=g), torch.randn(TOKENS, TEXT_DIM, generator=g)
+    return torch.randn(classes, TOKENS, TEXT_DIM, generator=g), torch.randn(TOKENS, TEXT_DIM, generator=g)
 
 
 def batch_of(latents, labels, texts, null) -> Batch:
