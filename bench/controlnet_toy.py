@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from bench import distill_toy
-from bench.distill_toy import TEXT_DIM, TOKENS, mean_sd, sliced_w1, subset_option, teacher_euler
+from bench.distill_toy import TEXT_DIM, TOKENS, flow_fit, mean_sd, sliced_w1, subset_option, teacher_euler
 from sana_sprint_core.controlnet import ControlInput, ControlledDiT, SanaControlNet
 from sana_sprint_core.controlnet_loading import load_controlnet, save_controlnet
 from sana_sprint_core.dcae import DCAE, DCAEConfig, encode
@@ -52,13 +52,12 @@ from sana_sprint_core.dit_config import DiTConfig
 from sana_sprint_core.dit_loading import load_dit, save_dit
 from sana_sprint_core.hed import scribble_from_drawing, to_control_image
 from sana_sprint_core.trigflow_model import TrigFlowModel
-from trainers.config import PrepareConfig, config_from_dict
+from trainers.config import config_from_dict
 from trainers.controlnet import CONTROLNET_FILE
 from trainers.distill import train
 from trainers.export import STUDENT_FILE
-from trainers.precompute import CacheWriter
-from trainers.prepare import fm_step, to_sprint_teacher
-from trainers.steps import Batch, Draws
+from trainers.prepare import to_sprint_teacher
+from trainers.steps import Batch
 from trainers.validation import sample_latents
 
 CHANNELS, SIDE, PIXELS_PER_LATENT, CLASSES = 4, 8, 4, 2  # captions: distill_toy's TOKENS x TEXT_DIM
@@ -159,23 +158,14 @@ def class_texts() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def batch_of(data: Data, idx, texts, null, control: bool) -> Batch:
-    b = len(idx)
-    ones = torch.ones(b, TOKENS, dtype=torch.int64)
-    return Batch(data.latents[idx], texts[data.labels[idx]], ones, null[None].expand(b, -1, -1), ones,
-                 data.controls[idx] if control else None)
+    controls = data.controls[idx] if control else None
+    return distill_toy.batch_of(data.latents[idx], data.labels[idx], texts, null, controls)
 
 
 def flow_train(model, params, data: Data, texts, null, steps: int, lr: float, seed: int, control: bool) -> None:
-    """Flow matching with the trainer's fm_step (caption dropout 0.1), AdamW + cosine decay, batch 32."""
-    opt = torch.optim.AdamW(params, lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    draws, g = Draws(torch.Generator().manual_seed(seed), "cpu"), torch.Generator().manual_seed(seed + 1)
-    cfg = PrepareConfig(caption_dropout=0.1)
-    for _ in range(steps):
-        idx = torch.randint(data.latents.shape[0], (32,), generator=g)
-        fm_step(model, batch_of(data, idx, texts, null, control), cfg, draws, torch.float32)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(), sched.step(), opt.zero_grad()
+    """distill_toy.flow_fit on the toy's data (with the control latents when `control`), batch 32."""
+    flow_fit(model, params, lambda idx: batch_of(data, idx, texts, null, control), data.latents.shape[0], steps, lr,
+             seed)
 
 
 def train_models(data: Data, texts, null, sizes: dict, work: Path) -> dict:
@@ -216,12 +206,7 @@ def run_config(work: Path, name: str, updates: int, seed: int, ladd: bool, **sec
 
 
 def write_cache(folder: Path, data: Data, texts, null, control: bool) -> Path:
-    writer = CacheWriter(folder, {"toy": "controlnet", "control": control})
-    for i in range(data.latents.shape[0]):
-        writer.add(f"rect{i}", data.latents[i], texts[data.labels[i]], torch.ones(TOKENS, dtype=torch.int64),
-                   control=data.controls[i] if control else None)
-    writer.finish(null, torch.ones(TOKENS, dtype=torch.int64))
-    return folder
+    return distill_toy.write_cache(folder, data.latents, data.labels, texts, null, data.controls if control else None)
 
 
 def train_route(work: Path, name: str, updates: int, seed: int) -> SanaControlNet:

@@ -86,32 +86,42 @@ def class_texts(seed: int = 7, classes: int = CLASSES) -> tuple[torch.Tensor, to
     return torch.randn(classes, TOKENS, TEXT_DIM, generator=g), torch.randn(TOKENS, TEXT_DIM, generator=g)
 
 
-def batch_of(latents, labels, texts, null) -> Batch:
+def batch_of(latents, labels, texts, null, controls=None) -> Batch:
+    """A trainer Batch of toy latents with their class captions (and control latents, if given)."""
     b = latents.shape[0]
     ones = torch.ones(b, TOKENS, dtype=torch.int64)
-    return Batch(latents, texts[labels], ones, null[None].expand(b, -1, -1), ones)
+    return Batch(latents, texts[labels], ones, null[None].expand(b, -1, -1), ones, controls)
+
+
+def flow_fit(model, params: list, make_batch, n: int, steps: int, lr: float, seed: int, batch: int = 32) -> None:
+    """Flow matching with the trainer's fm_step (caption dropout 0.1) on `params`: AdamW with cosine decay,
+    gradient norm clipped to 1; `make_batch(idx)` gives the Batch of data rows idx (drawn from n)."""
+    opt = torch.optim.AdamW(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    draws, g = Draws(torch.Generator().manual_seed(seed), "cpu"), torch.Generator().manual_seed(seed + 1)
+    cfg = PrepareConfig(caption_dropout=0.1)
+    for _ in range(steps):
+        idx = torch.randint(n, (batch,), generator=g)
+        fm_step(model, make_batch(idx), cfg, draws, torch.float32)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(), sched.step(), opt.zero_grad()
 
 
 def train_teacher(latents, labels, texts, null, steps: int, batch: int, seed: int = 0) -> SanaSprintDiT:
     """Flow-matching teacher from scratch (the trainer's fm_step), AdamW 1e-3 with cosine decay."""
     torch.manual_seed(seed)
     dit = SanaSprintDiT(CONFIG)
-    opt = torch.optim.AdamW(dit.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    draws, g = Draws(torch.Generator().manual_seed(seed), "cpu"), torch.Generator().manual_seed(seed + 1)
-    cfg = PrepareConfig(caption_dropout=0.1)
-    for _ in range(steps):
-        idx = torch.randint(latents.shape[0], (batch,), generator=g)
-        fm_step(dit, batch_of(latents[idx], labels[idx], texts, null), cfg, draws, torch.float32)
-        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
-        opt.step(), sched.step(), opt.zero_grad()
+    flow_fit(dit, list(dit.parameters()), lambda idx: batch_of(latents[idx], labels[idx], texts, null),
+             latents.shape[0], steps, 1e-3, seed, batch)
     return dit.eval().requires_grad_(False)
 
 
-def write_cache(folder: Path, latents, labels, texts, null) -> Path:
-    writer = CacheWriter(folder, {"toy": True})
+def write_cache(folder: Path, latents, labels, texts, null, controls=None) -> Path:
+    """A precompute-format cache of the toy data (with each row's control latent, if given)."""
+    writer = CacheWriter(folder, {"toy": True, "control": controls is not None})
     for i in range(latents.shape[0]):
-        writer.add(f"toy{i}", latents[i], texts[labels[i]], torch.ones(TOKENS, dtype=torch.int64))
+        writer.add(f"toy{i}", latents[i], texts[labels[i]], torch.ones(TOKENS, dtype=torch.int64),
+                   control=None if controls is None else controls[i])
     writer.finish(null, torch.ones(TOKENS, dtype=torch.int64))
     return folder
 
