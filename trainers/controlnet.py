@@ -170,7 +170,7 @@ def denoise_step(nets, batch, cfg, step: int, draws) -> dict[str, Tensor]:
     noise = draws.normal(x0.shape) * SIGMA_DATA
     x_t = trigflow.add_noise(x0, noise, trigflow.bcast(t, x0))
     f, _ = nets.student(x_t / SIGMA_DATA, t, batch.text, batch.mask, w,
-                        **control_kwargs(batch.control, batch.control_strength))
+                        **batch.model_kwargs())
     loss = losses.denoising_loss(f, x0, noise, t)
     loss.backward()
     return {"loss_denoise": loss.detach()}

@@ -19,7 +19,6 @@ from sana_sprint_core.dit_loading import load_dit, save_dit
 
 from . import losses
 from .config import Config, PrepareConfig
-from .controlnet import control_kwargs
 from .optim import apply_update, clipper, make_optimizer
 from .steps import Batch, Draws
 
@@ -58,7 +57,7 @@ def fm_loss(dit: torch.nn.Module, batch: Batch, cfg: PrepareConfig, draws: Draws
     drop = (draws.uniform(b) < cfg.caption_dropout)[:, None]
     text = torch.where(drop[..., None], batch.null_text, batch.text)
     mask = torch.where(drop, batch.null_mask, batch.mask)
-    v = dit(x_tau.to(dtype), tau, text.to(dtype), mask, **control_kwargs(batch.control, batch.control_strength))
+    v = dit(x_tau.to(dtype), tau, text.to(dtype), mask, **batch.model_kwargs())
     return losses.flow_matching_loss(v, x0, noise)
 
 

@@ -46,6 +46,11 @@ class Batch:
     control: Tensor | None = None
     control_strength: float = 1.0
 
+    def model_kwargs(self, repeats: int = 1) -> dict:
+        """Model keyword arguments of the batch's control ({} outside the ControlNet modes), the batch
+        repeated `repeats` times."""
+        return control_kwargs(self.control, self.control_strength, repeats)
+
 
 @dataclass
 class Nets:
@@ -92,20 +97,15 @@ def _rep(x: Tensor, n: int) -> Tensor:
     return torch.cat([x] * n) if n > 1 else x
 
 
-def _control(batch: Batch, n: int = 1) -> dict:
-    """Model keyword arguments of the batch's control ({} outside the ControlNet modes), batch repeated n times."""
-    return control_kwargs(batch.control, batch.control_strength, n)
-
-
 def scm_target(nets: Nets, batch: Batch, x_t: Tensor, t: Tensor, w: Tensor, r: float, cfg: DistillConfig):
     """(F^-, g): the student's output and the normalised sCM tangent at (x_t, t), without grad."""
     with torch.no_grad():
         both = nets.teacher(_rep(x_t, 2) / SIGMA_DATA, _rep(t, 2), torch.cat([batch.null_text, batch.text]),
-                            torch.cat([batch.null_mask, batch.mask]), **_control(batch, 2))
+                            torch.cat([batch.null_mask, batch.mask]), **batch.model_kwargs(2))
         f_u, f_c = both.chunk(2)
         dxt_dt = losses.teacher_cfg_derivative(f_u, f_c, w)
         v_x, v_t = losses.scm_jvp_tangents(t, dxt_dt)
-        control = _control(batch)
+        control = batch.model_kwargs()
         fn = lambda x_in, s: nets.student_core.velocity(x_in, s, batch.text, batch.mask, w, **control)  # noqa: E731
         f_minus, d_f = torch.func.jvp(fn, (x_t / SIGMA_DATA, t), (v_x, v_t))
         g = losses.scm_tangent(f_minus, d_f, dxt_dt, x_t, t, r)
@@ -123,7 +123,7 @@ def adversarial_grad(nets: Nets, fake: Tensor, t_d: Tensor, batch: Batch, blocks
     teacher = nets.teacher
     with teacher.view():  # the backward (and any checkpoint recompute) must see the teacher too
         feats = teacher_features(teacher.fn, teacher.dit, blocks, leaf / SIGMA_DATA, t_d, batch.text,
-                                 batch.mask, None, **_control(batch))
+                                 batch.mask, None, **batch.model_kwargs())
         loss = losses.hinge_generator_loss(nets.disc_core(feats)[0])
         (grad,) = torch.autograd.grad(loss, leaf)
     return loss.detach(), grad
@@ -148,7 +148,7 @@ def generator_step(nets: Nets, batch: Batch, cfg: DistillConfig, step: int, draw
         xs.append(x_g), ts.append(t_g)
     n = len(xs)
     f_all, logvar = nets.student(torch.cat(xs) / SIGMA_DATA, torch.cat(ts), _rep(batch.text, n),
-                                 _rep(batch.mask, n), _rep(w, n), **_control(batch, n))
+                                 _rep(batch.mask, n), _rep(w, n), **batch.model_kwargs(n))
     roots, grads = [], []
     if cfg.scm:
         out["loss_scm"] = losses.scm_loss(f_all[:b], f_minus, g, t, at_least_fp32(logvar[:b]))
@@ -172,7 +172,7 @@ def fake_and_real(nets: Nets, batch: Batch, cfg: DistillConfig, draws: Draws):
         t = losses.with_max_time(draws.scm_time(b, cfg.p_mean, cfg.p_std), draws.uniform(b),
                                  cfg.largest_timestep_prob, T_MAX)
         x_t = draws.noised(x0, t)
-        f = nets.student_core.velocity(x_t / SIGMA_DATA, t, batch.text, batch.mask, w, **_control(batch))
+        f = nets.student_core.velocity(x_t / SIGMA_DATA, t, batch.text, batch.mask, w, **batch.model_kwargs())
         x0_hat = trigflow.x0_from_prediction(x_t, SIGMA_DATA * f, trigflow.bcast(t, x_t))
         t_f = draws.scm_time(b, cfg.disc_p_mean, cfg.disc_p_std)
         fake = draws.noised(x0_hat, t_f)
@@ -218,7 +218,7 @@ def discriminator_step(nets: Nets, batch: Batch, cfg: DistillConfig, draws: Draw
         x, t, text, mask = (torch.cat([r, f]) for r, f in zip(real, fake))
         # rows: real, fake (and misaligned fakes), each in batch order, so the controls repeat per block
         feats = teacher_features(nets.teacher, nets.teacher.dit, nets.disc_core.blocks, x / SIGMA_DATA, t, text, mask,
-                                 **_control(batch, x.shape[0] // n_real))
+                                 **batch.model_kwargs(x.shape[0] // n_real))
     real_logits, fake_logits = nets.disc({k: v[:n_real] for k, v in feats.items()},
                                          {k: v[n_real:] for k, v in feats.items()})
     loss = losses.hinge_discriminator_loss(real_logits, fake_logits)
